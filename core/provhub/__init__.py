@@ -1,0 +1,159 @@
+"""provhub: one interface to many LLM chat-completion providers.
+
+The public API lives here. Heavy modules (requests, structlog, pluggy) are
+imported on first use of the name that needs them, so ``import provhub`` stays
+cheap for processes that only define providers or read the spec.
+"""
+
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
+from provhub._errors import (
+    AllProvidersFailedError,
+    ConfigError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NoProviderError,
+    PluginLoadError,
+    ProvhubError,
+    ProviderError,
+    ProviderSpecError,
+    StreamInterruptedError,
+)
+from provhub._spec import (
+    GPT_4,
+    GPT_35_TURBO,
+    AbstractProvider,
+    Capability,
+    CreateResult,
+    FinishReason,
+    Messages,
+    ProviderInfo,
+    Usage,
+)
+
+if TYPE_CHECKING:
+    from provhub._aio import AsyncStream
+    from provhub._config import (
+        Config,
+        Limits,
+        ProviderConfig,
+        RouterConfig,
+        Strategy,
+        Timeouts,
+        load_config,
+    )
+    from provhub._context import CallContext, provider_call
+    from provhub._events import configure_logging
+    from provhub._facade import ChatCompletion
+    from provhub._hub import Hub
+    from provhub._plugins import PluginRecord, PluginStatus, hookimpl, hookspec
+    from provhub._router import Attempt, RoutePlan
+    from provhub._stream import Completion, Stream
+    from provhub._transport import (
+        Transport,
+        UpstreamConnectionError,
+        UpstreamHTTPError,
+        UpstreamProtocolError,
+        UpstreamTimeoutError,
+        parse_chat_stream,
+    )
+
+__version__ = "0.1.0"
+
+_LAZY = {
+    "AsyncStream": "provhub._aio",
+    "Config": "provhub._config",
+    "Limits": "provhub._config",
+    "ProviderConfig": "provhub._config",
+    "RouterConfig": "provhub._config",
+    "Strategy": "provhub._config",
+    "Timeouts": "provhub._config",
+    "load_config": "provhub._config",
+    "CallContext": "provhub._context",
+    "provider_call": "provhub._context",
+    "configure_logging": "provhub._events",
+    "ChatCompletion": "provhub._facade",
+    "Hub": "provhub._hub",
+    "PluginRecord": "provhub._plugins",
+    "PluginStatus": "provhub._plugins",
+    "hookimpl": "provhub._plugins",
+    "hookspec": "provhub._plugins",
+    "Attempt": "provhub._router",
+    "RoutePlan": "provhub._router",
+    "Completion": "provhub._stream",
+    "Stream": "provhub._stream",
+    "Transport": "provhub._transport",
+    "UpstreamConnectionError": "provhub._transport",
+    "UpstreamHTTPError": "provhub._transport",
+    "UpstreamProtocolError": "provhub._transport",
+    "UpstreamTimeoutError": "provhub._transport",
+    "parse_chat_stream": "provhub._transport",
+}
+
+
+def __getattr__(name: str) -> Any:
+    # PEP 562: import the module behind a public name on first access.
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'provhub' has no attribute {name!r}")
+    value = getattr(import_module(module), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted(__all__)
+
+
+__all__ = [
+    "GPT_4",
+    "GPT_35_TURBO",
+    "AbstractProvider",
+    "AllProvidersFailedError",
+    "AsyncStream",
+    "Attempt",
+    "CallContext",
+    "Capability",
+    "ChatCompletion",
+    "Completion",
+    "Config",
+    "ConfigError",
+    "CreateResult",
+    "FinishReason",
+    "Hub",
+    "InvalidRequestError",
+    "Limits",
+    "Messages",
+    "ModelNotFoundError",
+    "NoProviderError",
+    "PluginLoadError",
+    "PluginRecord",
+    "PluginStatus",
+    "ProvhubError",
+    "ProviderConfig",
+    "ProviderError",
+    "ProviderInfo",
+    "ProviderSpecError",
+    "RoutePlan",
+    "RouterConfig",
+    "Strategy",
+    "Stream",
+    "StreamInterruptedError",
+    "Timeouts",
+    "Transport",
+    "UpstreamConnectionError",
+    "UpstreamHTTPError",
+    "UpstreamProtocolError",
+    "UpstreamTimeoutError",
+    "Usage",
+    "__version__",
+    "configure_logging",
+    "hookimpl",
+    "hookspec",
+    "load_config",
+    "parse_chat_stream",
+    "provider_call",
+]

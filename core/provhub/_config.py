@@ -1,0 +1,312 @@
+"""Configuration (SPEC §8): TOML file discovery, validation, typed settings.
+
+Every problem raises :class:`ConfigError` naming the file, the dotted key and
+the reason. Secrets are never read from the file: providers name the
+environment variable that holds their key (``api_key_env``).
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+from provhub._errors import ConfigError
+
+__all__ = [
+    "Config",
+    "Limits",
+    "ProviderConfig",
+    "RouterConfig",
+    "Strategy",
+    "Timeouts",
+    "find_config_file",
+    "load_config",
+]
+
+
+class Strategy(enum.StrEnum):
+    """How candidates are ordered (SPEC §5)."""
+
+    PRIORITY = "priority"
+    ROUND_ROBIN = "round_robin"
+    RANDOM = "random"
+    LATENCY = "latency"
+    LEAST_BUSY = "least_busy"
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    """Seconds allowed for each phase of a call; none is infinite.
+
+    ``connect``: TCP/TLS connect; ``first_token``: request sent to first token;
+    ``idle``: gap between two chunks; ``total``: the whole attempt.
+    """
+
+    connect: float = 10.0
+    first_token: float = 60.0
+    idle: float = 60.0
+    total: float = 600.0
+
+    def merged(self, overrides: Mapping[str, float]) -> Timeouts:
+        """A copy with some phases replaced."""
+        return replace(self, **dict(overrides)) if overrides else self
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """Size limits protecting the process from a runaway upstream."""
+
+    max_response_bytes: int = 64 * 1024 * 1024
+    max_line_bytes: int = 1024 * 1024
+    max_request_bytes: int = 16 * 1024 * 1024
+
+
+@dataclass(frozen=True, slots=True)
+class RouterConfig:
+    """The ``[router]`` table."""
+
+    strategy: Strategy = Strategy.PRIORITY
+    retries: int = 2
+    backoff_base: float = 0.25
+    backoff_max: float = 8.0
+    retry_after_cap: float = 30.0
+    breaker_threshold: int = 5
+    breaker_cooldown: float = 30.0
+    timeouts: Timeouts = Timeouts()
+
+
+@dataclass(frozen=True, slots=True)
+class ProviderConfig:
+    """One ``[providers.NAME]`` table.
+
+    ``type`` set (e.g. ``"openai-compatible"``) creates a new provider instance;
+    otherwise the table adjusts a registered provider of that name. Unknown keys
+    are kept in ``extra`` for the provider type to interpret.
+    """
+
+    name: str
+    enabled: bool = True
+    priority: int = 0
+    type: str | None = None
+    url: str | None = None
+    api_key_env: str | None = None
+    models: tuple[str, ...] = ()
+    headers: Mapping[str, str] = field(default_factory=dict)
+    timeouts: Mapping[str, float] = field(default_factory=dict)
+    verify_tls: bool = True
+    extra: Mapping[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    """All settings of a hub."""
+
+    router: RouterConfig = RouterConfig()
+    providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
+    limits: Limits = Limits()
+    log_content: bool = False
+    path: str | None = None
+
+    def provider(self, name: str) -> ProviderConfig | None:
+        """The table for provider ``name`` (case-insensitive), if any."""
+        found = self.providers.get(name)
+        if found is None:
+            lowered = name.lower()
+            found = next((p for k, p in self.providers.items() if k.lower() == lowered), None)
+        return found
+
+    @classmethod
+    def from_mapping(cls, data: Mapping[str, Any], *, path: str | None = None) -> Config:
+        """Build and validate a config from parsed TOML (or any mapping)."""
+        return _Parser(path).config(data)
+
+
+def user_config_path() -> Path:
+    """``$XDG_CONFIG_HOME/provhub/provhub.toml`` (``~/.config`` by default)."""
+    base = os.environ.get("XDG_CONFIG_HOME") or os.path.join(os.path.expanduser("~"), ".config")
+    return Path(base) / "provhub" / "provhub.toml"
+
+
+def find_config_file(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """Resolve the config file: ``path``, ``$PROVHUB_CONFIG``, ``./provhub.toml``, user dir.
+
+    An explicit path or ``$PROVHUB_CONFIG`` that does not exist raises ConfigError;
+    the implicit locations are simply skipped when absent.
+    """
+    explicit = path if path is not None else os.environ.get("PROVHUB_CONFIG") or None
+    if explicit is not None:
+        resolved = Path(explicit)
+        if not resolved.is_file():
+            raise ConfigError("file not found", path=str(resolved))
+        return resolved
+    for candidate in (Path("provhub.toml"), user_config_path()):
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def load_config(path: str | os.PathLike[str] | None = None) -> Config:
+    """Load and validate the config file found by :func:`find_config_file`.
+
+    Returns the defaults when there is no file.
+    """
+    found = find_config_file(path)
+    if found is None:
+        return Config()
+    import tomllib
+
+    try:
+        with found.open("rb") as handle:
+            data = tomllib.load(handle)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"invalid TOML: {exc}", path=str(found)) from exc
+    except OSError as exc:
+        raise ConfigError(f"cannot read: {exc.strerror}", path=str(found)) from exc
+    return Config.from_mapping(data, path=str(found))
+
+
+_SECRET_KEYS = frozenset({"api_key", "key", "token", "password", "secret", "authorization"})
+
+
+class _Parser:
+    """Validates a parsed mapping, raising ConfigError with the dotted key."""
+
+    def __init__(self, path: str | None) -> None:
+        self.path = path
+
+    def fail(self, key: str, reason: str) -> ConfigError:
+        return ConfigError(reason, path=self.path, key=key)
+
+    def table(self, data: Any, key: str) -> Mapping[str, Any]:
+        if not isinstance(data, Mapping):
+            raise self.fail(key, f"must be a table, got {type(data).__name__}")
+        return data
+
+    def unknown(self, data: Mapping[str, Any], key: str, known: set[str]) -> None:
+        extra = sorted(set(data) - known)
+        if extra:
+            raise self.fail(
+                f"{key}.{extra[0]}" if key else extra[0],
+                f"unknown key (known: {', '.join(sorted(known))})",
+            )
+
+    def number(self, value: Any, key: str, *, positive: bool = True) -> float:
+        if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
+            raise self.fail(key, f"must be a number, got {value!r}")
+        if (positive and value <= 0) or value < 0 or math.isinf(value):
+            raise self.fail(key, f"must be a finite number above 0, got {value!r}")
+        return float(value)
+
+    def integer(self, value: Any, key: str, *, minimum: int = 0) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            raise self.fail(key, f"must be an integer >= {minimum}, got {value!r}")
+        return value
+
+    def boolean(self, value: Any, key: str) -> bool:
+        if not isinstance(value, bool):
+            raise self.fail(key, f"must be true or false, got {value!r}")
+        return value
+
+    def string(self, value: Any, key: str) -> str:
+        if not isinstance(value, str) or not value:
+            raise self.fail(key, f"must be a non-empty string, got {value!r}")
+        return value
+
+    def timeouts(self, data: Any, key: str) -> dict[str, float]:
+        table = self.table(data, key)
+        known = {f.name for f in fields(Timeouts)}
+        self.unknown(table, key, known)
+        return {k: self.number(v, f"{key}.{k}") for k, v in table.items()}
+
+    def config(self, data: Mapping[str, Any]) -> Config:
+        data = self.table(data, "<root>")
+        self.unknown(data, "", {"router", "providers", "limits", "log_content"})
+        router = self.router(data.get("router", {}))
+        limits = self.limits(data.get("limits", {}))
+        providers: dict[str, ProviderConfig] = {}
+        for name, table in self.table(data.get("providers", {}), "providers").items():
+            providers[name] = self.provider(name, table)
+        log_content = self.boolean(data.get("log_content", False), "log_content")
+        return Config(
+            router=router,
+            providers=providers,
+            limits=limits,
+            log_content=log_content,
+            path=self.path,
+        )
+
+    def router(self, data: Any) -> RouterConfig:
+        table = self.table(data, "router")
+        known = {f.name for f in fields(RouterConfig)}
+        self.unknown(table, "router", known)
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            dotted = f"router.{key}"
+            if key == "strategy":
+                try:
+                    values[key] = Strategy(value)
+                except ValueError:
+                    options = ", ".join(s.value for s in Strategy)
+                    raise self.fail(dotted, f"unknown strategy {value!r} (use {options})") from None
+            elif key == "timeouts":
+                values[key] = Timeouts().merged(self.timeouts(value, dotted))
+            elif key in {"retries", "breaker_threshold"}:
+                values[key] = self.integer(value, dotted, minimum=0 if key == "retries" else 1)
+            else:
+                values[key] = self.number(value, dotted, positive=key != "backoff_base")
+        return RouterConfig(**values)
+
+    def limits(self, data: Any) -> Limits:
+        table = self.table(data, "limits")
+        self.unknown(table, "limits", {f.name for f in fields(Limits)})
+        return Limits(**{k: self.integer(v, f"limits.{k}", minimum=1) for k, v in table.items()})
+
+    def provider(self, name: str, data: Any) -> ProviderConfig:
+        key = f"providers.{name}"
+        table = dict(self.table(data, key))
+        for secret in _SECRET_KEYS & set(table):
+            raise self.fail(
+                f"{key}.{secret}",
+                "secrets are not read from the config file; put the key in an environment "
+                "variable and name it with api_key_env",
+            )
+        values: dict[str, Any] = {"name": name}
+        if "enabled" in table:
+            values["enabled"] = self.boolean(table.pop("enabled"), f"{key}.enabled")
+        if "verify_tls" in table:
+            values["verify_tls"] = self.boolean(table.pop("verify_tls"), f"{key}.verify_tls")
+        if "priority" in table:
+            priority = table.pop("priority")
+            if isinstance(priority, bool) or not isinstance(priority, int):
+                raise self.fail(f"{key}.priority", f"must be an integer, got {priority!r}")
+            values["priority"] = priority
+        for text_key in ("type", "api_key_env"):
+            if text_key in table:
+                values[text_key] = self.string(table.pop(text_key), f"{key}.{text_key}")
+        for url_key in ("url", "base_url"):
+            if url_key in table:
+                url = self.string(table.pop(url_key), f"{key}.{url_key}")
+                if not url.startswith(("http://", "https://")):
+                    raise self.fail(
+                        f"{key}.{url_key}", f"must start with http:// or https://, got {url!r}"
+                    )
+                values["url"] = url.rstrip("/")
+        if "models" in table:
+            models = table.pop("models")
+            if not isinstance(models, list) or not all(isinstance(m, str) and m for m in models):
+                raise self.fail(f"{key}.models", "must be a list of model id strings")
+            values["models"] = tuple(models)
+        if "headers" in table:
+            headers = self.table(table.pop("headers"), f"{key}.headers")
+            if not all(isinstance(v, str) for v in headers.values()):
+                raise self.fail(f"{key}.headers", "header values must be strings")
+            values["headers"] = dict(headers)
+        if "timeouts" in table:
+            values["timeouts"] = self.timeouts(table.pop("timeouts"), f"{key}.timeouts")
+        values["extra"] = table
+        return ProviderConfig(**values)

@@ -1,0 +1,133 @@
+"""The per-call context a provider reads: transport, timeouts, settings.
+
+A g4f-style provider's ``create_completion(model, messages, stream, **kwargs)``
+has no place for a session or a timeout, and stuffing them into ``kwargs`` would
+leak into payloads. The hub therefore publishes a :class:`CallContext` in a
+``contextvars.ContextVar`` while it starts the provider's generator; the
+provider reads it with :func:`provider_call` before its first ``yield``. Called
+outside a hub, a provider gets a private one-shot transport that is closed when
+its generator ends.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import contextvars
+import os
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+from provhub._config import Limits, ProviderConfig, Timeouts
+from provhub._transport import CancelToken, Transport
+
+__all__ = ["CallContext", "provider_call"]
+
+
+@dataclass(frozen=True, slots=True)
+class CallContext:
+    """What a provider needs for one call.
+
+    ``settings`` is the provider's ``[providers.NAME]`` table if any;
+    ``request_id`` ties the call to the hub's events.
+    """
+
+    transport: Transport
+    timeouts: Timeouts = field(default_factory=Timeouts)
+    settings: ProviderConfig | None = None
+    request_id: str | None = None
+    headers: Mapping[str, str] = field(default_factory=dict)
+    cancel: CancelToken | None = None
+
+    def stream_sse(
+        self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
+    ) -> Iterator[bytes]:
+        """POST through the call's transport and yield SSE data payloads.
+
+        Applies this call's timeouts, TLS setting, extra config headers and
+        cancellation; see :meth:`Transport.stream_sse`.
+        """
+        return self.transport.stream_sse(
+            url,
+            payload,
+            headers={**headers, **self.headers},
+            timeouts=self.timeouts,
+            provider=provider,
+            verify=self.verify_tls,
+            cancel=self.cancel,
+        )
+
+    def post_json(
+        self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
+    ) -> Any:
+        """POST through the call's transport and return the JSON answer."""
+        return self.transport.post_json(
+            url,
+            payload,
+            headers={**headers, **self.headers},
+            timeouts=self.timeouts,
+            provider=provider,
+            verify=self.verify_tls,
+            cancel=self.cancel,
+        )
+
+    def base_url(self, default: str | None, env_var: str | None = None) -> str:
+        """The base URL: config ``url``, else ``$env_var``, else ``default``.
+
+        Raises ``ValueError`` when none is set.
+        """
+        url = (
+            (self.settings.url if self.settings else None)
+            or (os.environ.get(env_var) if env_var else None)
+            or default
+        )
+        if not url:
+            raise ValueError("no base URL configured (set url/base_url in [providers.NAME])")
+        return url.rstrip("/")
+
+    def api_key(self, env_var: str | None = None) -> str | None:
+        """The API key from the environment variable named by config or ``env_var``.
+
+        Read at call time, so rotating the variable needs no restart.
+        """
+        name = (self.settings.api_key_env if self.settings else None) or env_var
+        return os.environ.get(name) if name else None
+
+    @property
+    def verify_tls(self) -> bool:
+        """Whether TLS certificates are verified (config ``verify_tls``)."""
+        return self.settings.verify_tls if self.settings else True
+
+
+_current: contextvars.ContextVar[CallContext | None] = contextvars.ContextVar(
+    "provhub_call", default=None
+)
+
+
+@contextlib.contextmanager
+def provider_call(limits: Limits | None = None) -> Iterator[CallContext]:
+    """The current call's context, for use inside ``create_completion``.
+
+    Inside a hub call this is the hub's context (its pooled transport is not
+    closed here); outside one it is a fresh context whose transport is closed
+    when the ``with`` block ends.
+    """
+    context = _current.get()
+    if context is not None:
+        yield context
+        return
+    transport = Transport(limits=limits)
+    try:
+        yield CallContext(transport=transport)
+    finally:
+        transport.close()
+
+
+def bind_call(context: CallContext) -> contextvars.Token[CallContext | None]:
+    """Publish ``context`` for the provider about to run (hub internal)."""
+    return _current.set(context)
+
+
+def unbind_call(token: contextvars.Token[CallContext | None]) -> None:
+    """Undo :func:`bind_call`."""
+    _current.reset(token)

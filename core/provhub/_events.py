@@ -1,0 +1,185 @@
+"""Structured events (SPEC §7): emission, redaction and ``configure_logging``.
+
+The library only *emits*. When the host has configured structlog, events go
+through the host's structlog pipeline under the logger name ``provhub``. When it
+has not, they go to the standard-library logger ``provhub`` (which carries a
+``NullHandler``, the stdlib convention for libraries), so nothing is printed
+unless the host's logging asks for it. Nothing here configures anything on import.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Mapping
+from typing import Any
+
+import structlog
+from structlog.contextvars import get_contextvars
+
+__all__ = ["EventEmitter", "Subscriber", "configure_logging", "redact"]
+
+LOGGER_NAME = "provhub"
+_stdlib_logger = logging.getLogger(LOGGER_NAME)
+# The one stdlib convention for libraries: a NullHandler on our own logger, so
+# Python's "last resort" handler never prints our warnings unasked.
+_stdlib_logger.addHandler(logging.NullHandler())
+
+Subscriber = Callable[[Mapping[str, Any]], None]
+"""An in-process event callback: receives each event as a read-only dict."""
+
+DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
+_LEVEL_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
+
+# Fields that may hold secrets are masked; fields that may hold prompt or answer
+# text are dropped unless the host opted in with ``log_content=True``.
+_SECRET_MARKERS = ("key", "authorization", "token", "secret", "password", "cookie")
+_CONTENT_FIELDS = frozenset({"messages", "content", "prompt", "text", "delta", "body"})
+_COUNTER_FIELDS = frozenset({"max_tokens", "prompt_tokens", "completion_tokens", "total_tokens"})
+REDACTED = "***"
+
+
+def redact(fields: Mapping[str, Any], *, log_content: bool = False) -> dict[str, Any]:
+    """Return a copy of ``fields`` with secrets masked and content dropped.
+
+    Nested dicts (e.g. ``headers``, ``params``) are redacted too.
+    """
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        lowered = key.lower()
+        if lowered not in _COUNTER_FIELDS and any(m in lowered for m in _SECRET_MARKERS):
+            out[key] = REDACTED
+        elif lowered in _CONTENT_FIELDS and not log_content:
+            continue
+        elif isinstance(value, Mapping):
+            out[key] = redact(value, log_content=log_content)
+        else:
+            out[key] = value
+    return out
+
+
+class EventEmitter:
+    """Emits provhub events to structlog/stdlib logging and to subscribers.
+
+    Owned by one :class:`~provhub.Hub`; thread-safe.
+    """
+
+    __slots__ = ("_lock", "_log_content", "_subscribers")
+
+    def __init__(self, *, log_content: bool = False) -> None:
+        self._log_content = log_content
+        self._subscribers: tuple[Subscriber, ...] = ()
+        self._lock = threading.Lock()
+
+    @property
+    def log_content(self) -> bool:
+        """Whether message content may appear in events (host opt-in)."""
+        return self._log_content
+
+    def subscribe(self, callback: Subscriber) -> Callable[[], None]:
+        """Add ``callback``; returns a function that removes it again."""
+        with self._lock:
+            self._subscribers = (*self._subscribers, callback)
+
+        def unsubscribe() -> None:
+            with self._lock:
+                self._subscribers = tuple(s for s in self._subscribers if s is not callback)
+
+        return unsubscribe
+
+    def enabled_for(self, level: int) -> bool:
+        """Whether an event at ``level`` would reach any sink (checked once per stream)."""
+        if self._subscribers and level >= INFO:
+            return True
+        if structlog.is_configured():
+            logger = structlog.get_logger(LOGGER_NAME)
+            check = getattr(logger.bind(), "is_enabled_for", None)
+            return bool(check(level)) if check is not None else True
+        return _stdlib_logger.isEnabledFor(level)
+
+    def emit(self, level: int, event: str, fields: Mapping[str, Any]) -> None:
+        """Emit ``event`` with ``fields`` (redacted) at ``level``.
+
+        A subscriber that raises is isolated: its error never reaches the
+        request that emitted the event.
+        """
+        data = redact(fields, log_content=self._log_content)
+        subscribers = self._subscribers
+        if subscribers:
+            record = {**get_contextvars(), "event": event, "level": _LEVEL_NAMES[level], **data}
+            for callback in subscribers:
+                try:
+                    callback(record)
+                except Exception:  # a host callback must not break a request
+                    _stdlib_logger.exception("provhub subscriber %r raised", callback)
+        if structlog.is_configured():
+            structlog.get_logger(LOGGER_NAME).log(level, event, **data)
+        elif _stdlib_logger.isEnabledFor(level):
+            context = get_contextvars()
+            merged = {**context, **data} if context else data
+            text = " ".join(f"{k}={v!r}" for k, v in merged.items())
+            _stdlib_logger.log(
+                level,
+                "%s %s",
+                event,
+                text,
+                extra={"provhub_event": event, "provhub_fields": merged},
+            )
+
+
+_HANDLER_NAME = "provhub.configure_logging"
+
+
+def configure_logging(format: str = "console", level: int | str = "INFO") -> None:
+    """Configure structlog and stdlib logging for an application or the CLI.
+
+    Renders provhub's events (and the host's own structlog events) as ``console``
+    text or ``json`` lines on stderr through the standard ``logging`` module, so
+    other handlers a host installs receive them too. Never called by the library
+    itself; calling it twice replaces the previous handler.
+
+    Raises ``ValueError`` for an unknown format or level.
+    """
+    import structlog.processors as processors
+    import structlog.stdlib as stdlib
+
+    if isinstance(level, str):
+        numeric = logging.getLevelName(level.upper())
+        if not isinstance(numeric, int):
+            raise ValueError(f"unknown log level {level!r} (use debug, info, warning, error)")
+        level = numeric
+    renderer: Any
+    if format == "json":
+        renderer = processors.JSONRenderer()
+    elif format == "console":
+        import structlog.dev as dev
+
+        renderer = dev.ConsoleRenderer(colors=False)
+    else:
+        raise ValueError(f"unknown log format {format!r} (use 'console' or 'json')")
+
+    shared: list[Any] = [
+        structlog.contextvars.merge_contextvars,
+        processors.add_log_level,
+        processors.TimeStamper(fmt="iso", utc=True),
+    ]
+    structlog.configure(
+        processors=[*shared, stdlib.ProcessorFormatter.wrap_for_formatter],
+        logger_factory=stdlib.LoggerFactory(),
+        wrapper_class=structlog.make_filtering_bound_logger(level),
+        cache_logger_on_first_use=True,
+    )
+    handler = logging.StreamHandler()
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(
+        stdlib.ProcessorFormatter(
+            processors=[stdlib.ProcessorFormatter.remove_processors_meta, renderer],
+            foreign_pre_chain=shared,
+        )
+    )
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+    root.addHandler(handler)
+    root.setLevel(min(root.level or level, level))
+    _stdlib_logger.setLevel(level)

@@ -1,0 +1,301 @@
+"""Hook specifications and the isolated plugin loader (SPEC §3).
+
+pluggy validates hook implementations; its stock ``load_setuptools_entrypoints``
+stops at the first plugin that fails and calls hooks of all plugins together, so
+one broken plugin would break every hub. Our loader imports each entry point and
+calls its hook on its own, records the outcome per plugin, and skips failures.
+"""
+
+from __future__ import annotations
+
+import enum
+import functools
+import os
+import re
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
+from importlib import metadata
+from types import ModuleType
+from typing import Any
+
+import pluggy
+
+from provhub._errors import PluginLoadError, ProviderSpecError
+from provhub._registry import Registry, describe
+from provhub._spec import ProviderInfo
+
+__all__ = [
+    "ENTRY_POINT_GROUP",
+    "PluginRecord",
+    "PluginStatus",
+    "ProvhubHookspecs",
+    "hookimpl",
+    "hookspec",
+    "load_plugins",
+]
+
+ENTRY_POINT_GROUP = "provhub"
+SHIPPED_DISTRIBUTION = "provhub"
+
+hookspec = pluggy.HookspecMarker("provhub")
+hookimpl = pluggy.HookimplMarker("provhub")
+"""Marks a plugin function as an implementation of a provhub hook."""
+
+ProviderTypeFactory = Callable[[str, dict[str, Any]], Any]
+
+
+class ProvhubHookspecs:
+    """The hooks a provhub plugin may implement."""
+
+    @hookspec
+    def provhub_register_providers(self, register: Callable[[Any], None]) -> None:
+        """Call ``register(provider)`` once per provider (a class or an instance)."""
+
+    @hookspec
+    def provhub_register_provider_types(
+        self, register_type: Callable[[str, ProviderTypeFactory], None]
+    ) -> None:
+        """Call ``register_type(type_name, factory)`` for configurable provider types.
+
+        ``factory(name, table)`` builds a provider instance from a
+        ``[providers.NAME]`` config table whose ``type`` is ``type_name``.
+        """
+
+
+_HOOK_NAMES = frozenset(name for name in dir(ProvhubHookspecs) if name.startswith("provhub_"))
+
+
+class PluginStatus(enum.StrEnum):
+    """Outcome of loading one plugin."""
+
+    LOADED = "loaded"
+    FAILED = "failed"
+    DISABLED = "disabled"
+
+
+@dataclass(frozen=True, slots=True)
+class PluginRecord:
+    """What happened to one plugin entry point.
+
+    ``stage`` says where a failure happened: ``import``, ``validate`` (hook
+    implementations), ``hook`` (the hook raised) or ``register`` (an invalid or
+    duplicate provider).
+    """
+
+    name: str
+    distribution: str | None
+    version: str | None
+    status: PluginStatus
+    providers: tuple[str, ...] = ()
+    error: str | None = None
+    stage: str | None = None
+    value: str = ""
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (used by ``provhub plugins --json``)."""
+        return {
+            "name": self.name,
+            "distribution": self.distribution,
+            "version": self.version,
+            "status": str(self.status),
+            "providers": list(self.providers),
+            "error": self.error,
+            "stage": self.stage,
+            "entry_point": self.value,
+        }
+
+
+def _norm(name: str) -> str:
+    # PEP 503 normalisation, so "my_plugin", "My-Plugin" and "my.plugin" match.
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _name_set(value: str) -> set[str]:
+    return {_norm(part) for part in value.split(",") if part.strip()}
+
+
+@dataclass(frozen=True, slots=True)
+class PluginSelection:
+    """Allow and deny lists from ``PROVHUB_PLUGINS`` / ``PROVHUB_DISABLE_PLUGINS``."""
+
+    allow: frozenset[str] | None
+    deny: frozenset[str]
+
+    @classmethod
+    def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> PluginSelection:
+        """Read the selection from the environment (unset allow list = all)."""
+        env = os.environ if env is None else env
+        raw_allow = env.get("PROVHUB_PLUGINS")
+        allow = None if raw_allow is None else frozenset(_name_set(raw_allow))
+        return cls(allow=allow, deny=frozenset(_name_set(env.get("PROVHUB_DISABLE_PLUGINS", ""))))
+
+    def permits(self, ep_name: str, dist: str | None) -> str | None:
+        """None if the plugin may load, else why not."""
+        names = {_norm(ep_name)} | ({_norm(dist)} if dist else set())
+        if names & self.deny:
+            return "denied by PROVHUB_DISABLE_PLUGINS"
+        shipped = dist is not None and _norm(dist) == SHIPPED_DISTRIBUTION
+        if self.allow is not None and not shipped and not names & self.allow:
+            return "not listed in PROVHUB_PLUGINS"
+        return None
+
+
+def _entry_points() -> list[metadata.EntryPoint]:
+    seen: set[tuple[str, str]] = set()
+    unique: list[metadata.EntryPoint] = []
+    for ep in metadata.entry_points(group=ENTRY_POINT_GROUP):
+        # The same distribution can be visible twice (an editable install plus a
+        # copy on sys.path); load it once.
+        key = (ep.name, ep.value)
+        if key in seen:
+            continue
+        seen.add(key)
+        unique.append(ep)
+
+    def order(ep: metadata.EntryPoint) -> tuple[int, str, str]:
+        dist = _norm(ep.dist.name) if ep.dist is not None else ""
+        return (0 if dist == SHIPPED_DISTRIBUTION else 1, dist, ep.name)
+
+    return sorted(unique, key=order)
+
+
+def _describe_error(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    first = text[0] if text else ""
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+
+
+def _check_hook_names(module: object) -> str | None:
+    for attr in dir(module):
+        if not attr.startswith("provhub_"):
+            continue
+        obj = getattr(module, attr, None)
+        if not callable(obj) or isinstance(obj, ModuleType):
+            continue
+        marked = hasattr(obj, "provhub_impl")
+        if attr not in _HOOK_NAMES and marked:
+            from difflib import get_close_matches
+
+            close = get_close_matches(attr, sorted(_HOOK_NAMES), n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else ""
+            return f"unknown hook {attr!r}{hint}"
+        if attr in _HOOK_NAMES and not marked:
+            return f"function {attr!r} is not decorated with @provhub.hookimpl"
+    return None
+
+
+@dataclass
+class LoadResult:
+    """Plugins loaded by :func:`load_plugins`."""
+
+    records: list[PluginRecord]
+    provider_types: dict[str, tuple[ProviderTypeFactory, str]]
+
+
+def _call_plugin(
+    pm: pluggy.PluginManager,
+    module: object,
+    ep_name: str,
+    provider_types: dict[str, tuple[ProviderTypeFactory, str]],
+) -> tuple[list[ProviderInfo], dict[str, ProviderTypeFactory]]:
+    """Register the module with pluggy and run its hooks; raise on any failure."""
+    plugin_name = f"provhub-plugin:{ep_name}"
+    pm.register(module, name=plugin_name)
+    try:
+        infos: list[ProviderInfo] = []
+        types: dict[str, ProviderTypeFactory] = {}
+
+        def register(provider: Any) -> None:
+            infos.append(describe(provider, source=ep_name))
+
+        def register_type(type_name: str, factory: ProviderTypeFactory) -> None:
+            if not isinstance(type_name, str) or not type_name or not callable(factory):
+                raise ProviderSpecError(
+                    repr(type_name), "register_type needs a name and a factory", source=ep_name
+                )
+            if type_name in provider_types or type_name in types:
+                owner = provider_types.get(type_name, (None, ep_name))[1]
+                raise ProviderSpecError(
+                    type_name, f"duplicate provider type, already from {owner}", source=ep_name
+                )
+            types[type_name] = factory
+
+        for hook_name, kwargs in (
+            ("provhub_register_provider_types", {"register_type": register_type}),
+            ("provhub_register_providers", {"register": register}),
+        ):
+            caller = getattr(pm.hook, hook_name)
+            # Call only this plugin's implementation: pluggy would call every
+            # plugin's and stop at the first exception.
+            for impl in caller.get_hookimpls():
+                if impl.plugin is module:
+                    impl.function(**kwargs)
+        return infos, types
+    finally:
+        pm.unregister(module)
+
+
+def load_plugins(
+    registry: Registry,
+    *,
+    strict: bool = False,
+    selection: PluginSelection | None = None,
+    on_event: Callable[[str, PluginRecord], None] | None = None,
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+) -> LoadResult:
+    """Discover plugins through the ``provhub`` entry-point group and register them.
+
+    Every plugin is isolated: a failure is recorded (and reported through
+    ``on_event("plugin.failed", record)``) and the others still load. A plugin
+    registers all of its providers or none. With ``strict=True`` the first
+    failure raises :class:`PluginLoadError` instead.
+    """
+    selection = selection or PluginSelection.from_env()
+    pm = pluggy.PluginManager("provhub")
+    pm.add_hookspecs(ProvhubHookspecs)
+    records: list[PluginRecord] = []
+    provider_types: dict[str, tuple[ProviderTypeFactory, str]] = {}
+    eps: Sequence[metadata.EntryPoint] = (
+        list(entry_points) if entry_points is not None else _entry_points()
+    )
+    for ep in eps:
+        dist = ep.dist.name if ep.dist is not None else None
+        version = ep.dist.version if ep.dist is not None else None
+
+        record = functools.partial(PluginRecord, ep.name, dist, version, value=ep.value)
+        why_not = selection.permits(ep.name, dist)
+        if why_not is not None:
+            records.append(record(PluginStatus.DISABLED, error=why_not))
+            continue
+        stage = "import"
+        try:
+            module = ep.load()
+            stage = "validate"
+            problem = _check_hook_names(module)
+            if problem is not None:
+                raise PluginValidation(problem)
+            stage = "hook"
+            infos, types = _call_plugin(pm, module, ep.name, provider_types)
+            stage = "register"
+            registry.add_all(infos)
+        except Exception as exc:
+            if isinstance(exc, ProviderSpecError | pluggy.PluginValidationError):
+                stage = "register" if isinstance(exc, ProviderSpecError) else "validate"
+            failed = record(PluginStatus.FAILED, error=_describe_error(exc), stage=stage)
+            records.append(failed)
+            if on_event is not None:
+                on_event("plugin.failed", failed)
+            if strict:
+                raise PluginLoadError(ep.name, stage, _describe_error(exc)) from exc
+            continue
+        for type_name, factory in types.items():
+            provider_types[type_name] = (factory, ep.name)
+        loaded = record(PluginStatus.LOADED, providers=tuple(i.name for i in infos))
+        records.append(loaded)
+        if on_event is not None:
+            on_event("plugin.loaded", loaded)
+    return LoadResult(records=records, provider_types=provider_types)
+
+
+class PluginValidation(Exception):
+    """A plugin module's hook implementations are wrong (internal; recorded)."""

@@ -1,0 +1,227 @@
+"""Provider validation and the model index (SPEC §2).
+
+``describe`` turns a provider (class or instance) into a validated
+:class:`ProviderInfo` or raises :class:`ProviderSpecError`; ``Registry`` keeps
+providers by name and an index from model id and alias to providers, so routing
+never scans every provider.
+"""
+
+from __future__ import annotations
+
+import inspect
+import re
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+from provhub._errors import ProviderSpecError
+from provhub._spec import FLAG_NAMES, GPT_4, GPT_35_TURBO, Capability, ProviderInfo
+
+__all__ = ["PROGRAMMATIC", "Registry", "describe"]
+
+PROGRAMMATIC = "programmatic"
+_SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+# Spec defaults for providers that do not subclass AbstractProvider (duck-typed
+# g4f-style classes are accepted too).
+_FLAG_DEFAULTS = {
+    "working": True,
+    "needs_auth": False,
+    "supports_stream": False,
+    "supports_message_history": True,
+    "supports_system_message": True,
+    "supports_gpt_35_turbo": False,
+    "supports_gpt_4": False,
+}
+
+
+def _label(provider: Any) -> str:
+    name = getattr(provider, "name", None)
+    if isinstance(name, str) and name:
+        return name
+    return getattr(provider, "__name__", None) or type(provider).__name__
+
+
+def _check_callable(provider: Any, label: str, source: str) -> None:
+    if inspect.isclass(provider):
+        if inspect.isabstract(provider):
+            missing = ", ".join(sorted(getattr(provider, "__abstractmethods__", ())))
+            raise ProviderSpecError(label, f"it is abstract (implement {missing})", source=source)
+        raw = inspect.getattr_static(provider, "create_completion", None)
+        if raw is None:
+            raise ProviderSpecError(label, "it has no create_completion", source=source)
+        if not isinstance(raw, staticmethod | classmethod):
+            raise ProviderSpecError(
+                label,
+                "create_completion is a plain method on a class; make it a "
+                "@staticmethod/@classmethod, or register an instance",
+                source=source,
+            )
+    elif not callable(getattr(provider, "create_completion", None)):
+        raise ProviderSpecError(
+            label, "create_completion is missing or not callable", source=source
+        )
+
+
+def _check_models(
+    label: str, source: str, models: Any, aliases: Any, default_model: Any
+) -> tuple[tuple[str, ...], dict[str, str]]:
+    if isinstance(models, str | bytes) or not isinstance(models, Iterable):
+        raise ProviderSpecError(label, "models must be a list of model id strings", source=source)
+    model_list = list(models)
+    for model in model_list:
+        if not isinstance(model, str) or not model.strip():
+            raise ProviderSpecError(
+                label, f"model ids must be non-empty strings, got {model!r}", source=source
+            )
+    if not isinstance(aliases, Mapping):
+        raise ProviderSpecError(label, "model_aliases must be a mapping", source=source)
+    alias_map: dict[str, str] = {}
+    for alias, target in aliases.items():
+        if not isinstance(alias, str) or not alias or not isinstance(target, str) or not target:
+            raise ProviderSpecError(
+                label, f"model_aliases entries must map str to str, got {alias!r}", source=source
+            )
+        alias_map[alias] = target
+    if default_model is not None and (not isinstance(default_model, str) or not default_model):
+        raise ProviderSpecError(label, "default_model must be a model id or None", source=source)
+    return tuple(model_list), alias_map
+
+
+def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
+    """Validate ``provider`` against the spec and describe it.
+
+    Raises :class:`ProviderSpecError` naming the provider, its source and the
+    violated rule.
+    """
+    label = _label(provider)
+    if not isinstance(label, str) or not _SLUG.match(label):
+        raise ProviderSpecError(
+            repr(label),
+            "name must be a slug: letters, digits, '_', '.', '-', at most 64 characters",
+            source=source,
+        )
+    _check_callable(provider, label, source)
+
+    flags: dict[str, bool] = {}
+    for flag in FLAG_NAMES:
+        value = getattr(provider, flag, _FLAG_DEFAULTS[flag])
+        if type(value) is not bool:
+            raise ProviderSpecError(
+                label, f"flag {flag} must be True or False, got {value!r}", source=source
+            )
+        flags[flag] = value
+
+    url = getattr(provider, "url", None)
+    if url is not None and not isinstance(url, str):
+        raise ProviderSpecError(label, f"url must be a string, got {url!r}", source=source)
+
+    extra, aliases = _check_models(
+        label,
+        source,
+        getattr(provider, "models", ()),
+        getattr(provider, "model_aliases", {}),
+        getattr(provider, "default_model", None),
+    )
+    served = [
+        m
+        for m, on in (
+            (GPT_35_TURBO, flags["supports_gpt_35_turbo"]),
+            (GPT_4, flags["supports_gpt_4"]),
+        )
+        if on
+    ]
+    models = tuple(dict.fromkeys([*served, *extra]))
+    for alias, target in aliases.items():
+        if target not in models:
+            raise ProviderSpecError(
+                label,
+                f"alias {alias!r} points to {target!r}, which the provider does not serve",
+                source=source,
+            )
+
+    caps = Capability.NONE
+    if flags["supports_stream"]:
+        caps |= Capability.STREAM
+    if flags["supports_message_history"]:
+        caps |= Capability.MESSAGE_HISTORY
+    if flags["supports_system_message"]:
+        caps |= Capability.SYSTEM_MESSAGE
+    if flags["needs_auth"]:
+        caps |= Capability.AUTH
+
+    return ProviderInfo(
+        name=label,
+        url=url,
+        flags=flags,
+        capabilities=caps,
+        models=models,
+        aliases=aliases,
+        default_model=getattr(provider, "default_model", None),
+        source=source,
+        provider=provider,
+    )
+
+
+class Registry:
+    """Registered providers by name, in registration order, with a model index.
+
+    Writes take a lock and replace index entries with new immutable tuples (a
+    single dict store each), so readers (routing on many threads) never lock and
+    never see a half-registered provider.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._by_name: dict[str, ProviderInfo] = {}
+        self._by_model: dict[str, tuple[ProviderInfo, ...]] = {}
+        self._order: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._by_name)
+
+    def add(self, info: ProviderInfo) -> None:
+        """Add a described provider; a duplicate name (case-insensitive) raises."""
+        self.add_all([info])
+
+    def add_all(self, infos: Sequence[ProviderInfo]) -> None:
+        """Add several providers atomically: all of them, or none on a conflict."""
+        with self._lock:
+            seen: dict[str, ProviderInfo] = {}
+            for info in infos:
+                key = info.name.lower()
+                other = self._by_name.get(key) or seen.get(key)
+                if other is not None:
+                    raise ProviderSpecError(
+                        info.name,
+                        f"duplicate name: already registered by {other.source} "
+                        f"(as {other.name!r}); rename one of them or disable a plugin",
+                        source=info.source,
+                    )
+                seen[key] = info
+            index = self._by_model
+            for key, info in seen.items():
+                self._order[key] = len(self._order)
+                self._by_name[key] = info
+                for model in (*info.models, *info.aliases):
+                    index[model] = (*index.get(model, ()), info)
+
+    def get(self, name: str) -> ProviderInfo | None:
+        """The provider registered under ``name`` (case-insensitive), or None."""
+        return self._by_name.get(name.lower())
+
+    def all(self) -> list[ProviderInfo]:
+        """Every provider, in registration order."""
+        return list(self._by_name.values())
+
+    def serving(self, model: str) -> tuple[ProviderInfo, ...]:
+        """Providers serving ``model`` as id or alias, in registration order (O(1))."""
+        return self._by_model.get(model, ())
+
+    def order(self, name: str) -> int:
+        """Registration index of a provider (for stable priority ordering)."""
+        return self._order[name.lower()]
+
+    def model_ids(self) -> list[str]:
+        """Every model id and alias any provider serves, sorted."""
+        return sorted(self._by_model)

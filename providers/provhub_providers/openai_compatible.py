@@ -1,0 +1,143 @@
+"""``openai-compatible``: one provider instance per configured endpoint.
+
+Serves OpenAI, OpenRouter, Ollama, a llama.cpp server, vLLM and anything else
+speaking the chat-completions wire format. The API key is read from the
+environment at call time and never stored on the instance or logged.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+from provhub import (
+    AbstractProvider,
+    CreateResult,
+    FinishReason,
+    Messages,
+    UpstreamProtocolError,
+    Usage,
+    parse_chat_stream,
+    provider_call,
+)
+
+__all__ = ["OpenAICompatible"]
+
+_PASSTHROUGH_SKIP = frozenset({"model", "messages", "stream"})
+
+
+class OpenAICompatible(AbstractProvider):
+    """A chat-completions endpoint at ``base_url`` serving ``models``.
+
+    ``OpenAICompatible(name, base_url, models, api_key_env=None, headers=None)``;
+    in config: ``[providers.NAME] type = "openai-compatible"``.
+    """
+
+    supports_stream = True
+
+    def __init__(
+        self,
+        name: str,
+        base_url: str,
+        models: Sequence[str],
+        *,
+        api_key_env: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        aliases: Mapping[str, str] | None = None,
+        default_model: str | None = None,
+    ) -> None:
+        if not base_url.startswith(("http://", "https://")):
+            raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
+        if not models:
+            raise ValueError("models must list at least one model id the endpoint serves")
+        self.name = name
+        self.url = base_url.rstrip("/")
+        self.models = tuple(models)
+        self.model_aliases = dict(aliases or {})
+        self.default_model = default_model or self.models[0]
+        self.api_key_env = api_key_env
+        self.needs_auth = api_key_env is not None
+        self.headers = dict(headers or {})
+
+    @classmethod
+    def from_config(cls, name: str, table: dict[str, Any]) -> OpenAICompatible:
+        """Build an instance from a ``[providers.NAME]`` table (``type = "openai-compatible"``)."""
+        table = dict(table)
+        url = table.pop("url", None)
+        if not url:
+            raise ValueError("base_url is required for type 'openai-compatible'")
+        models = table.pop("models", None) or []
+        instance = cls(
+            name,
+            url,
+            models,
+            api_key_env=table.pop("api_key_env", None),
+            headers=table.pop("headers", None),
+            aliases=table.pop("aliases", None),
+            default_model=table.pop("default_model", None),
+        )
+        if table:
+            raise ValueError(f"unknown key {sorted(table)[0]!r} for type 'openai-compatible'")
+        return instance
+
+    def __repr__(self) -> str:
+        return (
+            f"OpenAICompatible(name={self.name!r}, base_url={self.url!r}, "
+            f"models={list(self.models)!r})"
+        )
+
+    def create_completion(  # type: ignore[override]
+        self, model: str, messages: Messages, stream: bool, **kwargs: Any
+    ) -> CreateResult:
+        """Yield the answer's tokens, then ``FinishReason``/``Usage`` markers."""
+        payload: dict[str, Any] = {"model": model, "messages": list(messages), "stream": stream}
+        payload.update((k, v) for k, v in kwargs.items() if k not in _PASSTHROUGH_SKIP)
+        if stream:
+            payload.setdefault("stream_options", {"include_usage": True})
+        with provider_call() as call:
+            headers = dict(self.headers)
+            key = call.api_key(self.api_key_env)
+            if key:
+                headers["authorization"] = f"Bearer {key}"
+            url = call.base_url(self.url) + "/chat/completions"
+            if stream:
+                events = call.stream_sse(url, payload, headers=headers, provider=self.name)
+                try:
+                    yield from parse_chat_stream(events, self.name)
+                finally:
+                    events.close()  # type: ignore[attr-defined]
+            else:
+                yield from _parse_completion(
+                    call.post_json(url, payload, headers=headers, provider=self.name), self.name
+                )
+
+
+def _parse_completion(answer: Any, provider: str) -> Iterator[str | FinishReason | Usage]:
+    try:
+        if answer.get("error"):
+            error = answer["error"]
+            message = error.get("message") if isinstance(error, Mapping) else str(error)
+            raise UpstreamProtocolError(f"error in response: {message}", provider=provider)
+        choice = answer["choices"][0]
+        content = choice["message"].get("content")
+        if content is not None and not isinstance(content, str):
+            raise TypeError("message.content is not a string")
+        reason = choice.get("finish_reason")
+        usage = answer.get("usage")
+    except UpstreamProtocolError:
+        raise
+    except (KeyError, IndexError, TypeError, AttributeError) as exc:
+        raise UpstreamProtocolError(
+            f"malformed chat completion ({type(exc).__name__})", provider=provider
+        ) from exc
+    if content:
+        yield content
+    if reason:
+        yield FinishReason(str(reason))
+    if isinstance(usage, Mapping):
+        yield Usage(
+            *(
+                usage.get(k) if isinstance(usage.get(k), int) else None
+                for k in ("prompt_tokens", "completion_tokens", "total_tokens")
+            )
+        )
