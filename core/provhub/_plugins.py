@@ -111,7 +111,8 @@ def _norm(name: str) -> str:
 
 
 def _name_set(value: str) -> set[str]:
-    return {_norm(part) for part in value.split(",") if part.strip()}
+    # "a, b" is how people write lists: surrounding blanks are not part of a name.
+    return {_norm(part.strip()) for part in value.split(",") if part.strip()}
 
 
 @dataclass(frozen=True, slots=True)
@@ -159,20 +160,28 @@ def _entry_points() -> list[metadata.EntryPoint]:
     return sorted(unique, key=order)
 
 
+_ERROR_LIMIT = 400
+
+
 def _describe_error(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    first = text[0] if text else ""
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    # One line, but all of it: pluggy's PluginValidationError puts the actual
+    # reason (e.g. the unknown hook argument) on its later lines.
+    text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    if len(text) > _ERROR_LIMIT:
+        text = text[: _ERROR_LIMIT - 3] + "..."
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 
 def _check_hook_names(module: object) -> str | None:
+    # Every marked function counts, not only "provhub_*" names: pluggy would
+    # silently keep an implementation of an unknown hook (``register_providers``).
     for attr in dir(module):
-        if not attr.startswith("provhub_"):
-            continue
         obj = getattr(module, attr, None)
         if not callable(obj) or isinstance(obj, ModuleType):
             continue
-        marked = hasattr(obj, "provhub_impl")
+        # pluggy's own test: the marker attribute holds a dict of options (a
+        # Mock or proxy answering every attribute is not an implementation).
+        marked = isinstance(getattr(obj, "provhub_impl", None), dict)
         if attr not in _HOOK_NAMES and marked:
             from difflib import get_close_matches
 
@@ -278,7 +287,9 @@ def load_plugins(
             infos, types = _call_plugin(pm, module, ep.name, provider_types)
             stage = "register"
             registry.add_all(infos)
-        except Exception as exc:
+        # SystemExit too: a plugin calling sys.exit() while importing must not
+        # take the host down (KeyboardInterrupt still propagates).
+        except (Exception, SystemExit) as exc:
             if isinstance(exc, ProviderSpecError | pluggy.PluginValidationError):
                 stage = "register" if isinstance(exc, ProviderSpecError) else "validate"
             failed = record(PluginStatus.FAILED, error=_describe_error(exc), stage=stage)

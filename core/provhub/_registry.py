@@ -12,6 +12,7 @@ import inspect
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
+from types import MappingProxyType
 from typing import Any
 
 from provhub._errors import ProviderSpecError
@@ -35,11 +36,15 @@ _FLAG_DEFAULTS = {
 }
 
 
-def _label(provider: Any) -> str:
-    name = getattr(provider, "name", None)
-    if isinstance(name, str) and name:
-        return name
+def _fallback_name(provider: Any) -> str:
     return getattr(provider, "__name__", None) or type(provider).__name__
+
+
+def _label(provider: Any) -> Any:
+    # SPEC §2: ``name`` defaults to the class name. A ``name`` that is set but is
+    # not a slug (``""``, ``123``) is an error, never silently replaced.
+    name = getattr(provider, "name", None)
+    return _fallback_name(provider) if name is None else name
 
 
 def _check_callable(provider: Any, label: str, source: str) -> None:
@@ -97,8 +102,9 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
     label = _label(provider)
     if not isinstance(label, str) or not _SLUG.match(label):
         raise ProviderSpecError(
-            repr(label),
-            "name must be a slug: letters, digits, '_', '.', '-', at most 64 characters",
+            _fallback_name(provider),
+            "name must be a slug: letters, digits, '_', '.', '-', at most 64 characters, "
+            f"got {label!r}",
             source=source,
         )
     _check_callable(provider, label, source)
@@ -153,10 +159,12 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
     return ProviderInfo(
         name=label,
         url=url,
-        flags=flags,
+        # Read-only views: infos are shared by the registry, the router and
+        # every caller of hub.providers(); nobody may flip a flag in place.
+        flags=MappingProxyType(flags),
         capabilities=caps,
         models=models,
-        aliases=aliases,
+        aliases=MappingProxyType(aliases),
         default_model=getattr(provider, "default_model", None),
         source=source,
         provider=provider,
@@ -203,7 +211,9 @@ class Registry:
             for key, info in seen.items():
                 self._order[key] = len(self._order)
                 self._by_name[key] = info
-                for model in (*info.models, *info.aliases):
+                # dict.fromkeys: an alias may equal one of its own model ids
+                # ({"gpt-4o": "gpt-4o-2024-08-06"}); index the provider once.
+                for model in dict.fromkeys((*info.models, *info.aliases)):
                     index[model] = (*index.get(model, ()), info)
 
     def get(self, name: str) -> ProviderInfo | None:
