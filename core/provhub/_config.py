@@ -165,6 +165,10 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
             data = tomllib.load(handle)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(f"invalid TOML: {exc}", path=str(found)) from exc
+    except UnicodeDecodeError as exc:  # tomllib decodes before parsing and lets this through
+        raise ConfigError(
+            f"invalid TOML: not UTF-8 (byte {exc.start}); save the file as UTF-8", path=str(found)
+        ) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(found)) from exc
     return Config.from_mapping(data, path=str(found))
@@ -199,7 +203,8 @@ class _Parser:
         if isinstance(value, bool) or not isinstance(value, int | float) or math.isnan(value):
             raise self.fail(key, f"must be a number, got {value!r}")
         if (positive and value <= 0) or value < 0 or math.isinf(value):
-            raise self.fail(key, f"must be a finite number above 0, got {value!r}")
+            bound = "above 0" if positive else "of 0 or more"
+            raise self.fail(key, f"must be a finite number {bound}, got {value!r}")
         return float(value)
 
     def integer(self, value: Any, key: str, *, minimum: int = 0) -> int:
