@@ -26,7 +26,24 @@ if TYPE_CHECKING:
 
 __all__ = ["Hub"]
 
-_LOOPBACK = ("127.", "localhost", "[::1]", "::1")
+
+def _plain_http_to_remote(url: str) -> bool:
+    """Whether ``url`` is plain ``http://`` to a host that is not loopback."""
+    import ipaddress
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(url)
+    if parts.scheme.lower() != "http":
+        return False
+    # Parsed, not prefix-matched: "localhost.example.com" and "127.0.0.1.evil.net"
+    # are remote hosts.
+    host = (parts.hostname or "").rstrip(".")
+    if host == "localhost":
+        return False
+    try:
+        return not ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return True
 
 
 class Hub:
@@ -71,6 +88,9 @@ class Hub:
             result = load_plugins_into(self, strict)
             self._plugins = tuple(result[0])
             self._provider_types = result[1]
+            for info in self._registry.all():
+                self._warn_insecure(info)
+        # register() checks each provider created from config.
         self._create_configured_providers()
 
     # -- registration -----------------------------------------------------
@@ -83,6 +103,7 @@ class Hub:
         info = describe(provider, source=source)
         self._registry.add(info)
         self._emit(DEBUG, "provider.registered", {"provider": info.name, "source": source})
+        self._warn_insecure(info)
         return info
 
     def _create_configured_providers(self) -> None:
@@ -109,22 +130,34 @@ class Hub:
                 ) from exc
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), path=self.config.path, key=f"providers.{name}") from exc
-            self._warn_insecure(name, table)
 
-    def _warn_insecure(self, name: str, table: ProviderConfig) -> None:
-        if not table.verify_tls:
+    def _warn_insecure(self, info: ProviderInfo) -> None:
+        """Emit ``provider.insecure`` for TLS verification off or keys sent in clear.
+
+        Checked for every provider however it arrived (plugin, config, register()),
+        with its ``[providers.NAME]`` table applied.
+        """
+        table = self._settings.get(info.name.lower())
+        if table is not None and not table.verify_tls:
             self._emit(
                 WARNING,
                 "provider.insecure",
-                {"provider": name, "reason": "TLS verification disabled"},
+                {"provider": info.name, "reason": "TLS verification disabled"},
             )
-        url = table.url or ""
-        host = url.split("://", 1)[-1]
-        if url.startswith("http://") and table.api_key_env and not host.startswith(_LOOPBACK):
+        url = (table.url if table is not None else None) or info.url or ""
+        credentials = (
+            (table.api_key_env if table is not None else None)
+            or getattr(info.provider, "api_key_env", None)
+            or info.needs_auth
+        )
+        if credentials and _plain_http_to_remote(url):
             self._emit(
                 WARNING,
                 "provider.insecure",
-                {"provider": name, "reason": "credentials sent over plain http to a remote host"},
+                {
+                    "provider": info.name,
+                    "reason": "credentials sent over plain http to a remote host",
+                },
             )
 
     # -- queries ----------------------------------------------------------

@@ -84,30 +84,89 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         if not isinstance(message, Mapping):
             raise InvalidRequestError(f"{where} must be a dict, got {type(message).__name__}")
         role = message.get("role")
-        if role not in ROLES:
+        # isinstance first: an unhashable role (a list) would make "in" raise TypeError.
+        if not isinstance(role, str) or role not in ROLES:
             raise InvalidRequestError(
-                f"{where} has role {role!r}; use one of {', '.join(sorted(ROLES))}"
+                f"{where} has role {role!r:.40}; use one of {', '.join(sorted(ROLES))}"
             )
         if "content" not in message:
             raise InvalidRequestError(f"{where} ({role}) has no 'content'")
         content = message["content"]
         if content is None and role in {"assistant", "tool"}:
             pass  # OpenAI allows null content on assistant tool-call turns
+        elif isinstance(content, str):
+            _check_text(content, f"{where}.content")
         elif isinstance(content, list):
             for part_index, part in enumerate(content):
                 if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
                     raise InvalidRequestError(
                         f"{where}.content[{part_index}] must be a dict with a 'type'"
                     )
-        elif not isinstance(content, str):
+                _check_json(part, f"{where}.content[{part_index}]", 0)
+        else:
             raise InvalidRequestError(
                 f"{where} ({role}) content must be a string or a list of parts, "
                 f"got {type(content).__name__}"
             )
+        if len(message) > 2:  # extra fields (name, tool_calls, ...) are sent as they are
+            for key, value in message.items():
+                if key != "role" and key != "content":
+                    _check_key(key, where)
+                    _check_json(value, f"{where}[{key!r:.40}]", 0)
         result.append(dict(message))
     if not result:
         raise InvalidRequestError("messages is empty; send at least one user message")
     return result
+
+
+# Deeper than any real message part; json.dumps would hit the recursion limit long after.
+_MAX_DEPTH = 32
+
+
+def _check_text(text: str, where: str) -> None:
+    # A lone surrogate (e.g. from a bad decode) cannot be encoded as UTF-8: refuse it
+    # here instead of failing inside the transport, where it would count against the
+    # provider. isascii() keeps the common case at C speed.
+    if not text.isascii():
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise InvalidRequestError(
+                f"{where} is not valid Unicode (lone surrogate at index {exc.start})"
+            ) from None
+
+
+def _check_key(key: Any, where: str) -> None:
+    if not isinstance(key, str):
+        raise InvalidRequestError(f"{where} has a {type(key).__name__} key; keys must be strings")
+    _check_text(key, f"a key of {where}")
+
+
+def _check_json(value: Any, where: str, depth: int) -> None:
+    """Refuse what the transport could not send as JSON.
+
+    Errors name the place and the type, never the value: it may be message content.
+    """
+    if value is None or isinstance(value, bool | int):
+        return
+    if isinstance(value, str):
+        _check_text(value, where)
+    elif isinstance(value, float):
+        if value != value or value in (float("inf"), float("-inf")):
+            raise InvalidRequestError(f"{where} is {value}, which JSON cannot carry")
+    elif depth >= _MAX_DEPTH:
+        raise InvalidRequestError(f"{where} is nested more than {_MAX_DEPTH} levels deep")
+    elif isinstance(value, list | tuple):
+        for index, item in enumerate(value):
+            _check_json(item, f"{where}[{index}]", depth + 1)
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            _check_key(key, where)
+            _check_json(item, f"{where}[{key!r:.40}]", depth + 1)
+    else:
+        raise InvalidRequestError(
+            f"{where} is a {type(value).__name__}, which cannot be sent as JSON"
+        )
 
 
 def required_capabilities(messages: Messages, require: Capability = Capability.NONE) -> Capability:

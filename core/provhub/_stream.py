@@ -87,6 +87,19 @@ def as_provider_error(exc: BaseException, provider: str) -> ProviderError:
     return error
 
 
+def _error_type(error: ProviderError) -> str:
+    """The ``error_type`` of an attempt: stable, whatever the HTTP stack raised inside.
+
+    provhub's typed errors name themselves (``UpstreamConnectionError``, not the
+    ``requests``/``urllib3`` exception chained below them); a plain
+    :class:`ProviderError` wrapping what a provider raised names that exception.
+    """
+    cause = error.__cause__
+    if type(error) is ProviderError and cause is not None:
+        return type(cause).__name__
+    return type(error).__name__
+
+
 class Stream:
     """A streamed answer: iterate it for ``str`` tokens.
 
@@ -181,6 +194,9 @@ class Stream:
             fields["messages"] = self._messages
         self._emit(INFO, "route.planned", **fields)
         previous: str | None = None
+        # The last failure becomes the __cause__ of AllProvidersFailedError, so a
+        # traceback shows what finally went wrong (the others are in .attempts).
+        last_error: ProviderError | None = None
         for info in self.plan.candidates:
             if previous is not None:
                 self._emit(WARNING, "route.fallback", from_provider=previous, to_provider=info.name)
@@ -202,33 +218,35 @@ class Stream:
                     )
                     break
                 self.provider = info.name
-                remaining = deadline - time.monotonic()
+                attempt_started = time.monotonic()
+                remaining = deadline - attempt_started
                 error = yield from self._attempt(info, remaining)
                 if error is None:
                     return
+                last_error = error
                 delay = None
                 if error.retryable:
                     delay = backoff_delay(settings, retry, error.retry_after, hub._rng)
                     if delay is not None and delay >= deadline - time.monotonic():
                         delay = None
-                self._record_failure(info, error, delay)
+                self._record_failure(info, error, delay, time.monotonic() - attempt_started)
                 if delay is None or self.cancel_token.event.wait(delay):
                     break
                 retry += 1
             if self.cancel_token.cancelled or time.monotonic() >= deadline:
                 break
         self._emit(ERROR, "route.exhausted", attempts=len(self.attempts))
-        raise AllProvidersFailedError(self.model, self.attempts)
+        raise AllProvidersFailedError(self.model, self.attempts) from last_error
 
     def _record_failure(
-        self, info: ProviderInfo, error: ProviderError, delay: float | None
+        self, info: ProviderInfo, error: ProviderError, delay: float | None, duration: float
     ) -> None:
         backoff_ms = None if delay is None else round(delay * 1000, 3)
-        cause = error.__cause__
+        error_type = _error_type(error)
         self._emit(
             WARNING,
             "attempt.failed",
-            error_type=type(cause).__name__ if cause is not None else type(error).__name__,
+            error_type=error_type,
             error=error.detail,
             status=error.status,
             retryable=error.retryable,
@@ -239,11 +257,12 @@ class Stream:
                 len(self.attempts) + 1,
                 info.name,
                 False,
-                type(cause).__name__ if cause is not None else type(error).__name__,
+                error_type,
                 error.status,
                 error.retryable,
                 error.detail,
                 backoff_ms,
+                round(duration * 1000, 3),
             )
         )
         if error.status not in _REQUEST_FAULT:
@@ -319,10 +338,10 @@ class Stream:
                     "stream.interrupted",
                     chunks=delivered,
                     chars=chars,
-                    error_type=type(exc).__name__,
+                    error_type=_error_type(error),
                     status=error.status,
                 )
-                self._record_failure(info, error, None)
+                self._record_failure(info, error, None, time.monotonic() - started)
                 raise StreamInterruptedError(name, self.text, error) from exc
             return error
         finally:
@@ -350,5 +369,9 @@ class Stream:
                 "completion_tokens": usage.completion_tokens,
                 "total_tokens": usage.total_tokens,
             },
+        )
+        # The successful attempt is part of the record too (``Attempt.ok``).
+        self.attempts.append(
+            Attempt(len(self.attempts) + 1, name, True, duration_ms=round(duration * 1000, 3))
         )
         return None

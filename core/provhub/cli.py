@@ -8,6 +8,7 @@ the request, 4 all providers failed, 130 interrupted.
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import sys
 from collections.abc import Sequence
@@ -36,40 +37,57 @@ class _Parser(argparse.ArgumentParser):
         self.exit(EXIT_USAGE, f"provhub: error: {message} (see 'provhub --help')\n")
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = _Parser(prog="provhub", description="Talk to many LLM chat providers.")
-    parser.add_argument("--config", help="config file (default: $PROVHUB_CONFIG, ./provhub.toml)")
+def _add_common(parser: argparse.ArgumentParser, *, top: bool) -> None:
+    # SPEC §9 writes `provhub chat -m gpt-4 --log-format json`: the common options
+    # work before and after the command. On a command they default to SUPPRESS,
+    # so an option given only before the command is not reset by its defaults.
+    def default(value: object) -> object:
+        return value if top else argparse.SUPPRESS
+
+    parser.add_argument(
+        "--config",
+        default=default(None),
+        help="config file (default: $PROVHUB_CONFIG, ./provhub.toml)",
+    )
     parser.add_argument(
         "--log-format",
         choices=("console", "json"),
-        default="console",
+        default=default("console"),
         help="how events are written to stderr",
     )
     parser.add_argument(
         "-v",
         "--verbose",
         action="count",
-        default=0,
+        default=default(0),
         help="-v: info events and error detail; -vv: debug events",
     )
-    parser.add_argument("--version", action="version", version=_version())
-    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
 
-    providers = sub.add_parser("providers", help="capability matrix of registered providers")
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="provhub", description="Talk to many LLM chat providers.")
+    _add_common(parser, top=True)
+    parser.add_argument("--version", action="version", version=_version())
+    common = _Parser(add_help=False)
+    _add_common(common, top=False)
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    add = functools.partial(sub.add_parser, parents=[common])
+
+    providers = add("providers", help="capability matrix of registered providers")
     providers.add_argument("--model", help="only providers serving this model id or alias")
     providers.add_argument("--require", default="", help="e.g. stream,system_message")
     providers.add_argument("--json", action="store_true", help="JSON instead of a table")
 
-    plugins = sub.add_parser("plugins", help="discovered plugins and their status")
+    plugins = add("plugins", help="discovered plugins and their status")
     plugins.add_argument("--json", action="store_true", help="JSON instead of a table")
 
-    route = sub.add_parser("route", help="show the route plan for a model")
+    route = add("route", help="show the route plan for a model")
     route.add_argument("-m", "--model", required=True)
     route.add_argument("--require", default="", help="e.g. stream,system_message")
     route.add_argument("-s", "--system", help="plan as if a system message were sent")
     route.add_argument("--json", action="store_true", help="JSON instead of text")
 
-    chat = sub.add_parser("chat", help="send a prompt and print the answer")
+    chat = add("chat", help="send a prompt and print the answer")
     chat.add_argument("-m", "--model", required=True)
     chat.add_argument("-p", "--provider", help="use only this provider")
     chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
@@ -122,7 +140,8 @@ def _cmd_providers(args: argparse.Namespace) -> int:
     infos = hub.providers(model=args.model, require=require)
     if args.json:
         print(json.dumps([i.as_dict() for i in infos], indent=2))
-        return EXIT_OK
+        # The exit code must not depend on the output format (SPEC §9).
+        return EXIT_NO_PROVIDER if args.model and not infos else EXIT_OK
     if not infos:
         print(
             "no providers" + (f" serve {args.model!r}" if args.model else " registered"),

@@ -1,0 +1,490 @@
+"""``provhub route`` and ``provhub chat`` as a user runs them (SPEC §9).
+
+Every test runs the real CLI (``python -m provhub``) in a subprocess with a temporary
+``provhub.toml`` passed by ``--config``, pointing the shipped Lockchat (``url``) and/or
+``openai-compatible`` entries at fake upstreams on loopback. Only the shipped plugin is loaded
+(``PROVHUB_PLUGINS=""``), and Lockchat is always either pointed at loopback or switched off.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import selectors
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from provhub.testing import Behaviour, FakeUpstream, Fault, unused_port_url
+
+SENTINEL = "PROMPT-SENTINEL-c4e1"
+HELLO = Behaviour(tokens=("Hel", "lo", " there"))
+FAST_ROUTER = {
+    "retries": 1,
+    "backoff_base": 0.01,
+    "backoff_max": 0.02,
+    "timeouts": {"connect": 2, "first_token": 10, "idle": 10, "total": 30},
+}
+
+Run = Callable[..., subprocess.CompletedProcess[str]]
+
+
+def toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, int | float):
+        return repr(value)
+    if isinstance(value, str):
+        return json.dumps(value)
+    if isinstance(value, list):
+        return "[" + ", ".join(toml_value(v) for v in value) + "]"
+    if isinstance(value, Mapping):
+        return "{" + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + "}"
+    raise TypeError(value)
+
+
+def write_config(
+    path: Path,
+    *,
+    lockchat: str | None = None,
+    endpoints: Mapping[str, str | Mapping[str, Any]] | None = None,
+    router: Mapping[str, Any] | None = None,
+) -> Path:
+    """A provhub.toml: Lockchat at ``lockchat`` (or disabled), openai-compatible ``endpoints``."""
+    lines = ["[router]"]
+    lines += [f"{k} = {toml_value(v)}" for k, v in {**FAST_ROUTER, **(router or {})}.items()]
+    lines.append("[providers.Lockchat]")
+    lines.append(f"url = {toml_value(lockchat)}" if lockchat else "enabled = false")
+    for name, spec in (endpoints or {}).items():
+        table: dict[str, Any] = {"url": spec} if isinstance(spec, str) else dict(spec)
+        table.setdefault("models", ["gpt-4"])
+        lines.append(f"[providers.{name}]")
+        lines.append('type = "openai-compatible"')
+        lines += [f"{k} = {toml_value(v)}" for k, v in table.items()]
+    path.write_text("\n".join(lines) + "\n")
+    return path
+
+
+@pytest.fixture
+def cli_env(tmp_path: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PROVHUB_")}
+    env.update(PROVHUB_PLUGINS="", XDG_CONFIG_HOME=str(tmp_path / "xdg"), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.fixture
+def provhub_cli(tmp_path: Path, cli_env: dict[str, str]) -> Run:
+    def run(
+        *args: str, config: Path | None = None, stdin: str | None = None
+    ) -> subprocess.CompletedProcess[str]:
+        prefix = ["--config", str(config)] if config is not None else []
+        return subprocess.run(
+            [sys.executable, "-m", "provhub", *prefix, *args],
+            input=stdin if stdin is not None else "",
+            capture_output=True,
+            text=True,
+            env=cli_env,
+            cwd=tmp_path,
+            timeout=60,
+            check=False,
+        )
+
+    return run
+
+
+def json_events(stderr: str) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in stderr.splitlines() if line.strip()]
+
+
+def assert_one_line_error(stderr: str) -> None:
+    assert "Traceback" not in stderr
+    errors = [line for line in stderr.splitlines() if line.startswith("provhub: error:")]
+    assert len(errors) == 1, stderr
+
+
+# -- route ----------------------------------------------------------------------------------
+
+
+def test_route_shows_the_plan_and_every_exclusion(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(
+        tmp_path / "provhub.toml",
+        lockchat=upstream.url,
+        endpoints={
+            "second": upstream.base_url,
+            "off": {"url": upstream.base_url, "enabled": False},
+            "keyed": {"url": upstream.base_url, "api_key_env": "PROVHUB_TEST_CLI_UNSET_KEY"},
+            "first": {"url": upstream.base_url, "priority": 5},
+        },
+    )
+    result = provhub_cli("route", "-m", "gpt-4", config=config)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].split() == ["model", "gpt-4", "strategy", "priority", "required", "-"]
+    assert lines[1:4] == ["  1. first", "  2. Lockchat", "  3. second"]
+    assert "  x  off: disabled in config" in lines
+    assert (
+        "  x  keyed: needs credentials: environment variable PROVHUB_TEST_CLI_UNSET_KEY "
+        "is not set" in lines
+    )
+    assert upstream.requests == []  # planning sends nothing
+
+
+def test_route_json_is_machine_readable(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(
+        tmp_path / "provhub.toml",
+        lockchat=upstream.url,
+        endpoints={"off": {"url": upstream.base_url, "enabled": False}},
+    )
+    result = provhub_cli("route", "-m", "gpt-4", "--json", "--require", "stream", config=config)
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {
+        "model": "gpt-4",
+        "required": ["stream"],
+        "strategy": "priority",
+        "candidates": ["Lockchat"],
+        "excluded": [{"provider": "off", "reason": "disabled in config"}],
+    }
+
+
+def test_route_exits_3_when_no_provider_qualifies(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(
+        tmp_path / "provhub.toml",
+        endpoints={"off": {"url": upstream.base_url, "enabled": False}},
+    )
+    result = provhub_cli("route", "-m", "gpt-4", config=config)
+    assert result.returncode == 3
+    assert "x  off: disabled in config" in result.stdout
+    assert "x  Lockchat: disabled in config" in result.stdout
+    as_json = provhub_cli("route", "-m", "gpt-4", "--json", config=config)
+    assert as_json.returncode == 3
+    assert json.loads(as_json.stdout)["candidates"] == []
+
+
+def test_route_exits_3_for_an_unknown_model_with_suggestions(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    result = provhub_cli("route", "-m", "gpt4", config=config)
+    assert result.returncode == 3
+    assert_one_line_error(result.stderr)
+    assert "did you mean 'gpt-4'" in result.stderr
+
+
+# -- chat: output ----------------------------------------------------------------------------
+
+
+def test_chat_prints_tokens_to_stdout_and_events_to_stderr(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    upstream.script(Behaviour(status=500), HELLO)
+    result = provhub_cli("chat", "-m", "gpt-4", SENTINEL, config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello there\n"
+    # Default verbosity shows warnings: the retry is visible, on stderr only.
+    assert "attempt.failed" in result.stderr
+    assert "attempt.failed" not in result.stdout
+    assert SENTINEL not in result.stderr
+    sent = upstream.requests[-1].json
+    assert sent["messages"] == [{"role": "user", "content": SENTINEL}]
+    assert sent["stream"] is True
+    assert sent["temperature"] == 0.7  # Lockchat's default
+
+
+def test_chat_log_format_json_writes_json_events_without_the_prompt(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    upstream.script(HELLO)
+    result = provhub_cli("chat", "-m", "gpt-4", "--log-format", "json", SENTINEL, config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello there\n"
+    events = json_events(result.stderr)  # every line is JSON
+    names = [e["event"] for e in events if "request_id" in e]
+    assert names == ["route.planned", "attempt.started", "stream.first_token", "stream.completed"]
+    assert all(e["provider"] == "Lockchat" for e in events if e["event"] == "stream.completed")
+    assert SENTINEL not in result.stderr
+    assert "Hello" not in result.stderr
+
+
+def test_common_options_work_before_and_after_the_command(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    after = provhub_cli("chat", "-m", "gpt-4", "-v", "--config", str(config), "hi")
+    assert after.returncode == 0, after.stderr
+    assert after.stdout == "w0 w1 w2 \n"
+    # -v: info events, rendered for a console.
+    assert "route.planned" in after.stderr
+    assert "stream.completed" in after.stderr
+    assert not after.stderr.startswith("{")
+    before = provhub_cli("--log-format", "json", "-v", "chat", "-m", "gpt-4", "hi", config=config)
+    assert before.returncode == 0, before.stderr
+    assert "stream.completed" in [e["event"] for e in json_events(before.stderr)]
+
+
+def test_chat_options_reach_the_upstream(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream, second_upstream: FakeUpstream
+) -> None:
+    config = write_config(
+        tmp_path / "provhub.toml",
+        lockchat=upstream.url,
+        endpoints={"second": second_upstream.base_url},
+    )
+    result = provhub_cli(
+        "chat",
+        "-m",
+        "gpt-4",
+        "-p",
+        "second",
+        "-t",
+        "0.25",
+        "--max-tokens",
+        "12",
+        "-s",
+        "be terse",
+        "hi",
+        config=config,
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "w0 w1 w2 \n"
+    assert upstream.requests == []
+    body = second_upstream.requests[0].json
+    assert body["messages"] == [
+        {"role": "system", "content": "be terse"},
+        {"role": "user", "content": "hi"},
+    ]
+    assert (body["temperature"], body["max_tokens"]) == (0.25, 12)
+
+
+@pytest.mark.parametrize("args", [["-"], []], ids=["dash", "omitted"])
+def test_chat_reads_the_prompt_from_stdin(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream, args: list[str]
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    prompt = f"line one {SENTINEL}\nline two\n"
+    result = provhub_cli("chat", "-m", "gpt-4", *args, config=config, stdin=prompt)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "w0 w1 w2 \n"
+    assert upstream.requests[0].json["messages"] == [{"role": "user", "content": prompt}]
+
+
+def test_chat_no_stream_prints_the_whole_answer(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", endpoints={"api": upstream.base_url})
+    upstream.script(HELLO)
+    result = provhub_cli("chat", "-m", "gpt-4", "--no-stream", "hi", config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello there\n"
+    assert upstream.requests[0].json["stream"] is False
+
+
+# -- chat: exit codes ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "stdin", "message"),
+    [
+        pytest.param(["chat", "hi"], "", "required: -m/--model", id="missing-model"),
+        pytest.param(["chat", "-m", "gpt-4", "--bogus", "hi"], "", "unrecognized", id="bad-flag"),
+        pytest.param(["chat", "-m", "gpt-4", "-t", "warm", "hi"], "", "invalid float", id="bad-t"),
+        pytest.param(
+            ["chat", "-m", "gpt-4", "--require", "telepathy", "hi"],
+            "",
+            "unknown capability 'telepathy'",
+            id="bad-require",
+        ),
+        pytest.param(["chat", "-m", "gpt-4", "-"], "  \n", "prompt is empty", id="empty-prompt"),
+        pytest.param(["teleport"], "", "invalid choice", id="bad-command"),
+    ],
+)
+def test_bad_usage_exits_2_with_one_clear_line(
+    provhub_cli: Run,
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    args: list[str],
+    stdin: str,
+    message: str,
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    result = provhub_cli(*args, config=config, stdin=stdin)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+    assert result.stdout == ""
+    assert upstream.requests == []
+
+
+def test_unknown_model_exits_3(provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    result = provhub_cli("chat", "-m", "gpt-5-turbo", "hi", config=config)
+    assert result.returncode == 3
+    assert_one_line_error(result.stderr)
+    assert "no provider serves model 'gpt-5-turbo'" in result.stderr
+    assert upstream.requests == []
+
+
+def test_no_qualifying_provider_exits_3(provhub_cli: Run, tmp_path: Path) -> None:
+    config = write_config(tmp_path / "provhub.toml")  # Lockchat disabled, nothing else
+    result = provhub_cli("chat", "-m", "gpt-4", "hi", config=config)
+    assert result.returncode == 3
+    assert_one_line_error(result.stderr)
+    assert "Lockchat: disabled in config" in result.stderr
+
+
+def test_all_providers_failed_exits_4(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(
+        tmp_path / "provhub.toml",
+        lockchat=upstream.url,
+        endpoints={"dead": unused_port_url()},
+    )
+    upstream.default = Behaviour(status=503)
+    result = provhub_cli("chat", "-m", "gpt-4", "hi", config=config)
+    assert result.returncode == 4
+    assert result.stdout == ""
+    assert_one_line_error(result.stderr)
+    assert "all providers failed for model 'gpt-4'" in result.stderr
+    assert len(upstream.requests) == 2  # one try, retries = 1
+    verbose = provhub_cli("chat", "-m", "gpt-4", "-v", "hi", config=config)
+    assert verbose.returncode == 4
+    assert "Traceback" not in verbose.stderr
+
+
+def test_stream_broken_after_tokens_exits_4_keeping_the_partial_output(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    upstream.script(Behaviour(chunks=5, fault=Fault.DROP_MID_STREAM, fault_after=2))
+    result = provhub_cli("chat", "-m", "gpt-4", "hi", config=config)
+    assert result.returncode == 4
+    assert result.stdout.startswith("w0 w1 ")
+    assert_one_line_error(result.stderr)
+    assert "broke after 6 characters" in result.stderr
+    assert len(upstream.requests) == 1
+
+
+# -- chat: interruption ----------------------------------------------------------------------
+
+
+def read_until(proc: subprocess.Popen[bytes], marker: bytes, timeout: float = 10.0) -> bytes:
+    """Read the child's stdout until ``marker`` appears (tokens are flushed as they come)."""
+    assert proc.stdout is not None
+    seen = b""
+    deadline = time.monotonic() + timeout
+    with selectors.DefaultSelector() as selector:
+        selector.register(proc.stdout, selectors.EVENT_READ)
+        while marker not in seen:
+            remaining = deadline - time.monotonic()
+            assert remaining > 0, f"no {marker!r} on stdout, got {seen!r}"
+            if selector.select(remaining):
+                chunk = os.read(proc.stdout.fileno(), 4096)
+                assert chunk, f"stdout closed before {marker!r}, got {seen!r}"
+                seen += chunk
+    return seen
+
+
+@pytest.mark.parametrize("phase", ["mid-stream", "before-first-token"])
+def test_sigint_during_a_hanging_stream_exits_130_and_disconnects(
+    tmp_path: Path, cli_env: dict[str, str], upstream: FakeUpstream, phase: str
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    if phase == "mid-stream":
+        upstream.default = Behaviour(chunks=4, fault=Fault.HANG_BETWEEN_CHUNKS, fault_after=1)
+    else:
+        upstream.default = Behaviour(fault=Fault.HANG_BEFORE_HEADERS)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "provhub", "--config", str(config), "chat", "-m", "gpt-4", "hi"],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        env=cli_env,
+        cwd=tmp_path,
+    )
+    try:
+        if phase == "mid-stream":
+            assert read_until(proc, b"w0 ") == b"w0 "
+        else:
+            deadline = time.monotonic() + 10
+            while not upstream.requests:  # the request is on the wire, the upstream hangs
+                assert time.monotonic() < deadline
+                assert proc.poll() is None
+                time.sleep(0.01)
+        proc.send_signal(signal.SIGINT)
+        _, stderr = proc.communicate(timeout=10)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate()
+    assert proc.returncode == 130, stderr
+    assert b"Traceback" not in stderr
+    assert b"interrupted" in stderr
+    assert upstream.wait_for_disconnects(1, timeout=2.0)
+    assert len(upstream.requests) == 1  # interrupted, not retried or failed over
+
+
+# -- the issue's demo ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("broken", ["http-500", "refused"])
+def test_demo_chat_falls_back_and_json_events_tell_the_story(
+    provhub_cli: Run,
+    tmp_path: Path,
+    upstream: FakeUpstream,
+    second_upstream: FakeUpstream,
+    broken: str,
+) -> None:
+    # Two providers for gpt-4; the first one's upstream is broken.
+    first = upstream.url if broken == "http-500" else unused_port_url()
+    upstream.default = Behaviour(status=500)
+    second_upstream.default = HELLO
+    config = write_config(
+        tmp_path / "provhub.toml",
+        lockchat=first,
+        endpoints={"backup": second_upstream.base_url},
+    )
+    result = provhub_cli("chat", "-m", "gpt-4", "--log-format", "json", SENTINEL, config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "Hello there\n"
+    events = [e for e in json_events(result.stderr) if "request_id" in e]
+    story = [(e["event"], e["provider"]) for e in events]
+    assert story == [
+        ("route.planned", None),
+        ("attempt.started", "Lockchat"),
+        ("attempt.failed", "Lockchat"),
+        ("attempt.started", "Lockchat"),
+        ("attempt.failed", "Lockchat"),
+        ("route.fallback", "Lockchat"),
+        ("attempt.started", "backup"),
+        ("stream.first_token", "backup"),
+        ("stream.completed", "backup"),
+    ]
+    assert len({e["request_id"] for e in events}) == 1
+    planned, failed = events[0], events[2]
+    assert planned["candidates"] == ["Lockchat", "backup"]
+    expected_error = "UpstreamHTTPError" if broken == "http-500" else "UpstreamConnectionError"
+    assert failed["error_type"] == expected_error
+    assert failed["status"] == (500 if broken == "http-500" else None)
+    assert failed["retryable"] is True
+    assert failed["level"] == "warning"
+    fallback = events[5]
+    assert (fallback["from_provider"], fallback["to_provider"]) == ("Lockchat", "backup")
+    completed = events[-1]
+    assert completed["chunks"] == 3
+    assert completed["finish_reason"] == "stop"
+    assert SENTINEL not in result.stderr
+    assert len(second_upstream.requests) == 1
