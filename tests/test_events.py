@@ -106,7 +106,7 @@ def test_success_emits_planned_started_first_token_completed(
     planned = only(events, "route.planned")
     assert planned["level"] == "info"
     assert planned["candidates"] == ["a"]
-    assert planned["excluded"] == {}
+    assert planned["excluded"] == []
     first = only(events, "stream.first_token")
     assert isinstance(first["ttft_ms"], float)
     assert first["ttft_ms"] >= 0
@@ -245,7 +245,7 @@ def test_route_planned_lists_exclusions(make_hub: MakeHub, upstream: FakeUpstrea
     "".join(hub.stream("gpt-4", MESSAGES))
     planned = only(events, "route.planned")
     assert planned["candidates"] == ["on"]
-    assert planned["excluded"] == {"off": "disabled in config"}
+    assert planned["excluded"] == [{"provider": "off", "reason": "disabled in config"}]
 
 
 def test_every_request_gets_its_own_request_id(make_hub: MakeHub, upstream: FakeUpstream) -> None:

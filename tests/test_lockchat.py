@@ -20,7 +20,7 @@ import provhub._facade
 from provhub import (
     AbstractProvider,
     AllProvidersFailedError,
-    FinishReason,
+    Config,
     Hub,
     ProviderError,
     Usage,
@@ -168,14 +168,29 @@ def test_direct_call_sends_the_seed_request_with_float_temperature(
     assert_seed_wire_request(sent, model="gpt-4", messages=HI, temperature=temperature)
 
 
-def test_direct_call_yields_str_tokens_then_finish_and_usage_markers(
+def test_direct_call_yields_only_str_tokens_so_join_works_as_in_the_seed(
     lockchat_env: FakeUpstream,
 ) -> None:
     lockchat_env.script(Behaviour(tokens=("a", "b")))
 
     items = list(Lockchat.create_completion("gpt-3.5-turbo", HELLO, stream=True))
 
-    assert items == ["a", "b", FinishReason("stop"), Usage(2, 2, 4)]
+    assert items == ["a", "b"]
+    assert "".join(Lockchat.create_completion("gpt-3.5-turbo", HELLO, True)) == "w0 w1 w2 "
+
+
+def test_through_a_hub_lockchat_reports_finish_reason_and_usage_markers(
+    lockchat_env: FakeUpstream,
+) -> None:
+    lockchat_env.script(Behaviour(tokens=("a", "b")))
+    hub = Hub(Config(), load_plugins=False)
+    hub.register(Lockchat)
+    stream = hub.stream("gpt-3.5-turbo", HELLO)
+
+    assert list(stream) == ["a", "b"]
+    assert stream.finish_reason == "stop"
+    assert stream.usage == Usage(2, 2, 4)
+    hub.close()
 
 
 def test_direct_call_ignores_a_stream_false_argument_and_still_streams(

@@ -15,6 +15,7 @@ import collections
 import contextlib
 import contextvars
 import threading
+import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
 
@@ -31,24 +32,84 @@ _DONE = object()
 _MAX_BUFFER = 4096
 
 
+class _Channel:
+    """The worker's side of an async stream: buffer, wake-ups, outcome.
+
+    Kept apart from :class:`AsyncStream` so the worker thread holds no
+    reference to the object the caller iterates: a caller that drops an
+    unfinished stream lets it be finalized, which stops the worker.
+    """
+
+    def __init__(self, stream: Stream) -> None:
+        self.stream = stream
+        self.buffer: collections.deque[Any] = collections.deque()
+        self.lock = threading.Lock()
+        self.space = threading.Condition(self.lock)
+        self.waiter: asyncio.Future[None] | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.error: BaseException | None = None
+        self.closed = False
+
+    def work(self) -> None:
+        try:
+            for token in self.stream._gen:
+                with self.lock:
+                    while len(self.buffer) >= _MAX_BUFFER and not self.closed:
+                        # Wake up now and then: a consumer whose event loop has
+                        # closed will never drain the buffer.
+                        if not self.space.wait(0.25) and self._loop_gone():
+                            self.closed = True
+                    if self.closed:
+                        break
+                    self.buffer.append(token)
+                    wake = self.waiter is not None
+                if wake:
+                    self.wake()
+        except BaseException as exc:  # delivered to the consumer, not lost
+            self.error = exc
+        finally:
+            self.stream._gen.close()  # closes the upstream connection
+            with self.lock:
+                self.buffer.append(_DONE)
+            self.wake()
+
+    def _loop_gone(self) -> bool:
+        return self.loop is None or self.loop.is_closed()
+
+    def wake(self) -> None:
+        loop = self.loop
+        if loop is not None and not loop.is_closed():
+            # The loop may close between the check and the call.
+            with contextlib.suppress(RuntimeError):
+                loop.call_soon_threadsafe(self.resolve)
+
+    def resolve(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def stop(self) -> None:
+        """Ask the worker to end and abort its network call (any thread)."""
+        with self.lock:
+            self.closed = True
+            self.space.notify_all()
+        self.stream.cancel_token.cancel()
+
+
 class AsyncStream:
     """Async iterator of ``str`` tokens over a :class:`~provhub.Stream`.
 
     Same metadata as the sync stream (``provider``, ``request_id``, ``attempts``,
     ``finish_reason``, ``usage``); ``await aclose()`` or ``async with`` releases
-    the upstream connection.
+    the upstream connection (dropping an unfinished stream does too, when it is
+    garbage-collected).
     """
 
     def __init__(self, stream: Stream) -> None:
         self._stream = stream
-        self._buffer: collections.deque[Any] = collections.deque()
-        self._lock = threading.Lock()
-        self._space = threading.Condition(self._lock)
-        self._waiter: asyncio.Future[None] | None = None
-        self._loop: asyncio.AbstractEventLoop | None = None
+        self._channel = _Channel(stream)
         self._thread: threading.Thread | None = None
-        self._error: BaseException | None = None
-        self._closed = False
+        self._finalizer = weakref.finalize(self, self._channel.stop)
 
     # metadata ------------------------------------------------------------
     @property
@@ -81,82 +142,45 @@ class AsyncStream:
         """Everything delivered so far."""
         return self._stream.text
 
-    # worker --------------------------------------------------------------
-    def _start(self) -> None:
-        self._loop = asyncio.get_running_loop()
-        context = contextvars.copy_context()
-        self._thread = threading.Thread(
-            target=context.run, args=(self._work,), name="provhub-astream", daemon=True
-        )
-        self._thread.start()
-
-    def _work(self) -> None:
-        try:
-            for token in self._stream._gen:
-                with self._lock:
-                    while len(self._buffer) >= _MAX_BUFFER and not self._closed:
-                        self._space.wait()
-                    if self._closed:
-                        break
-                    self._buffer.append(token)
-                    wake = self._waiter is not None
-                if wake:
-                    self._wake()
-        except BaseException as exc:  # delivered to the consumer, not lost
-            self._error = exc
-        finally:
-            self._stream._gen.close()
-            with self._lock:
-                self._buffer.append(_DONE)
-            self._wake()
-
-    def _wake(self) -> None:
-        loop = self._loop
-        if loop is not None and not loop.is_closed():
-            # The loop may close between the check and the call.
-            with contextlib.suppress(RuntimeError):
-                loop.call_soon_threadsafe(self._resolve)
-
-    def _resolve(self) -> None:
-        waiter, self._waiter = self._waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    def __repr__(self) -> str:
+        return f"<AsyncStream {self._stream!r}>"
 
     # async iteration -----------------------------------------------------
     def __aiter__(self) -> AsyncIterator[str]:
         return self
 
     async def __anext__(self) -> str:
+        channel = self._channel
         if self._thread is None:
-            self._start()
+            channel.loop = asyncio.get_running_loop()
+            context = contextvars.copy_context()
+            self._thread = threading.Thread(
+                target=context.run, args=(channel.work,), name="provhub-astream", daemon=True
+            )
+            self._thread.start()
         while True:
-            with self._lock:
-                if self._buffer:
-                    item = self._buffer.popleft()
-                    self._space.notify()
+            with channel.lock:
+                if channel.buffer:
+                    item = channel.buffer.popleft()
+                    channel.space.notify()
                     break
-                assert self._loop is not None
-                self._waiter = self._loop.create_future()
-                waiter = self._waiter
+                waiter = channel.waiter = channel.loop.create_future()  # type: ignore[union-attr]
             try:
                 await waiter
             except asyncio.CancelledError:
                 await self.aclose()
                 raise
         if item is _DONE:
-            self._buffer.append(_DONE)  # stay exhausted
-            if self._error is not None:
-                error, self._error = self._error, None
+            channel.buffer.append(_DONE)  # stay exhausted
+            if channel.error is not None:
+                error, channel.error = channel.error, None
                 raise error
             raise StopAsyncIteration
         return item  # type: ignore[no-any-return]
 
     async def aclose(self) -> None:
         """Stop the stream and close the upstream connection (idempotent)."""
-        with self._lock:
-            self._closed = True
-            self._space.notify_all()
-        self._stream.cancel_token.cancel()
+        self._channel.stop()
         thread = self._thread
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join, 5.0)

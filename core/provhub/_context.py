@@ -29,7 +29,9 @@ class CallContext:
     """What a provider needs for one call.
 
     ``settings`` is the provider's ``[providers.NAME]`` table if any;
-    ``request_id`` ties the call to the hub's events.
+    ``request_id`` ties the call to the hub's events. ``markers`` says whether
+    the caller consumes ``FinishReason``/``Usage`` markers: a hub does; a
+    direct caller of ``create_completion`` gets ``str`` tokens only.
     """
 
     transport: Transport
@@ -38,6 +40,7 @@ class CallContext:
     request_id: str | None = None
     headers: Mapping[str, str] = field(default_factory=dict)
     cancel: CancelToken | None = None
+    markers: bool = True
 
     def stream_sse(
         self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
@@ -118,7 +121,7 @@ def provider_call(limits: Limits | None = None) -> Iterator[CallContext]:
         return
     transport = Transport(limits=limits)
     try:
-        yield CallContext(transport=transport)
+        yield CallContext(transport=transport, markers=False)
     finally:
         transport.close()
 

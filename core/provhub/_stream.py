@@ -187,7 +187,7 @@ class Stream:
         deadline = started + self._timeouts.total
         fields: dict[str, Any] = {
             "candidates": [c.name for c in self.plan.candidates],
-            "excluded": dict(self.plan.excluded),
+            "excluded": [{"provider": n, "reason": r} for n, r in self.plan.excluded],
             "stream": self._stream,
         }
         if hub._emitter.log_content:

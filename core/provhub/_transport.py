@@ -10,6 +10,7 @@ transport failures to typed errors. The typed errors also subclass the matching
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import email.utils
 import json
 import socket
@@ -20,6 +21,8 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import requests
+import urllib3.connection
+import urllib3.connectionpool
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
@@ -76,13 +79,14 @@ class UpstreamProtocolError(ProviderError):
 class CancelToken:
     """Lets another thread abort a call blocked on the network.
 
-    ``cancel`` shuts the sockets of the responses attached to the token down,
-    which wakes a blocked read at once; the upstream sees the disconnect.
+    ``cancel`` shuts down the sockets attached to the token, which wakes a
+    blocked connect-less read at once (waiting for headers or for the next
+    chunk); the upstream sees the disconnect.
     """
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._responses: set[requests.Response] = set()
+        self._sockets: set[socket.socket] = set()
         self.event = threading.Event()
 
     @property
@@ -90,34 +94,72 @@ class CancelToken:
         """Whether ``cancel`` was called."""
         return self.event.is_set()
 
-    def attach(self, response: requests.Response) -> None:
-        """Track a live response (closing it at once if already cancelled)."""
+    def attach(self, sock: socket.socket) -> None:
+        """Track a socket in use (shutting it down at once if already cancelled)."""
         with self._lock:
             if not self.event.is_set():
-                self._responses.add(response)
+                self._sockets.add(sock)
                 return
-        _abort(response)
+        _shutdown(sock)
 
-    def detach(self, response: requests.Response) -> None:
-        """Stop tracking a finished response."""
-        with self._lock:
-            self._responses.discard(response)
+    def detach(self, sock: socket.socket | None) -> None:
+        """Stop tracking a socket whose response is finished."""
+        if sock is not None:
+            with self._lock:
+                self._sockets.discard(sock)
 
     def cancel(self) -> None:
-        """Abort every attached response and refuse new ones."""
+        """Abort every attached socket and refuse new ones."""
         with self._lock:
             self.event.set()
-            responses, self._responses = list(self._responses), set()
-        for response in responses:
-            _abort(response)
+            sockets, self._sockets = list(self._sockets), set()
+        for sock in sockets:
+            _shutdown(sock)
 
 
-def _abort(response: requests.Response) -> None:
-    connection = getattr(response.raw, "_connection", None)
-    sock = getattr(connection, "sock", None)
-    if sock is not None:
-        with contextlib.suppress(OSError):  # already closed by the other side
-            sock.shutdown(socket.SHUT_RDWR)
+def _shutdown(sock: socket.socket) -> None:
+    with contextlib.suppress(OSError):  # already closed by either side
+        sock.shutdown(socket.SHUT_RDWR)
+
+
+# The token of the call this thread is sending, read by the connection classes
+# below: the socket must be attachable *before* the response headers arrive,
+# which is the moment requests would hand it to us.
+_sending: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar(
+    "provhub_sending", default=None
+)
+
+
+class _CancellableHTTPConnection(urllib3.connection.HTTPConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        token = _sending.get()
+        if token is not None and self.sock is not None:
+            token.attach(self.sock)
+
+
+class _CancellableHTTPSConnection(urllib3.connection.HTTPSConnection):
+    def request(self, *args: Any, **kwargs: Any) -> None:
+        super().request(*args, **kwargs)
+        token = _sending.get()
+        if token is not None and self.sock is not None:
+            token.attach(self.sock)
+
+
+class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
+    ConnectionCls = _CancellableHTTPConnection
+
+
+class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
+    ConnectionCls = _CancellableHTTPSConnection
+
+
+class _Adapter(HTTPAdapter):
+    """requests' adapter whose pools use the cancellable connections above."""
+
+    def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
+        super().init_poolmanager(*args, **kwargs)
+        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
 
 def parse_retry_after(value: str | None) -> float | None:
@@ -194,9 +236,12 @@ _scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once
 
 
 def parse_chat_stream(
-    events: Iterator[bytes], provider: str
+    events: Iterator[bytes], provider: str, *, markers: bool = True
 ) -> Iterator[str | FinishReason | Usage]:
     """Turn OpenAI chat-completion chunk payloads into tokens and markers.
+
+    With ``markers=False`` only ``str`` tokens are yielded (what a caller of a
+    provider outside a hub expects: ``"".join(...)`` must work).
 
     Handles empty ``choices`` (usage-only chunks), an ``error`` object inside a
     data line, and malformed chunks, which raise :class:`UpstreamProtocolError`
@@ -231,12 +276,14 @@ def parse_chat_stream(
                         yield content
                 reason = choice.get("finish_reason")
                 if reason:
-                    yield FinishReason(str(reason))
+                    if markers:
+                        yield FinishReason(str(reason))
             elif chunk.get("error"):
                 raise _error_from_object(chunk["error"], provider)
             usage = chunk.get("usage")
             if usage:
-                yield _usage(usage)
+                if markers:
+                    yield _usage(usage)
         except ProviderError:
             raise
         except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
@@ -257,7 +304,7 @@ def _usage(usage: Any) -> Usage:
 
 def _release(response: requests.Response, cancel: CancelToken | None) -> None:
     if cancel is not None:
-        cancel.detach(response)
+        cancel.detach(_socket_of(response))
     response.close()
 
 
@@ -307,7 +354,7 @@ class Transport:
                 if self._session is None:
                     session = requests.Session()
                     session.trust_env = False
-                    adapter = HTTPAdapter(pool_connections=8, pool_maxsize=self._pool_maxsize)
+                    adapter = _Adapter(pool_connections=8, pool_maxsize=self._pool_maxsize)
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
                     self._session = session
@@ -354,6 +401,7 @@ class Transport:
             "accept": "text/event-stream, application/json",
         }
         all_headers.update(headers)
+        sending = _sending.set(cancel)
         try:
             response = self.session.post(
                 url,
@@ -375,13 +423,15 @@ class Transport:
                 retryable=True,
             ) from exc
         except requests.ConnectionError as exc:
+            if cancel is not None and cancel.cancelled:
+                raise UpstreamConnectionError("call cancelled", provider=provider) from exc
             raise UpstreamConnectionError(
                 f"connection failed: {type(exc).__name__}", provider=provider, retryable=True
             ) from exc
         except requests.RequestException as exc:
             raise ProviderError(f"request failed: {exc}", provider=provider) from exc
-        if cancel is not None:
-            cancel.attach(response)
+        finally:
+            _sending.reset(sending)
         if response.status_code >= 400:
             try:
                 raw = response.raw.read(_BODY_EXCERPT * 4, decode_content=True) or b""

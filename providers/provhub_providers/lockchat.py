@@ -63,7 +63,9 @@ class Lockchat(AbstractProvider):
                     if first is not None and MODEL_MISSING in first:
                         continue  # re-send; nothing of this answer reached the caller
                     if first is not None:
-                        yield from parse_chat_stream(_chain(first, events), "Lockchat")
+                        yield from parse_chat_stream(
+                            _chain(first, events), "Lockchat", markers=call.markers
+                        )
                     return
                 finally:
                     events.close()  # type: ignore[attr-defined]

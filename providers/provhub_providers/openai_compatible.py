@@ -103,13 +103,14 @@ class OpenAICompatible(AbstractProvider):
             if stream:
                 events = call.stream_sse(url, payload, headers=headers, provider=self.name)
                 try:
-                    yield from parse_chat_stream(events, self.name)
+                    yield from parse_chat_stream(events, self.name, markers=call.markers)
                 finally:
                     events.close()  # type: ignore[attr-defined]
             else:
-                yield from _parse_completion(
-                    call.post_json(url, payload, headers=headers, provider=self.name), self.name
-                )
+                answer = call.post_json(url, payload, headers=headers, provider=self.name)
+                for item in _parse_completion(answer, self.name):
+                    if call.markers or type(item) is str:
+                        yield item
 
 
 def _parse_completion(answer: Any, provider: str) -> Iterator[str | FinishReason | Usage]:
