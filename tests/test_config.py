@@ -563,10 +563,18 @@ def test_toml_nan_and_inf_are_refused(places: dict[str, Path]) -> None:
         assert caught.value.key == key
 
 
-def test_unknown_keys_in_a_plain_provider_table_are_kept_for_the_provider() -> None:
-    config = Config.from_mapping({"providers": {"Lockchat": {"region": "eu"}}})
+def test_a_typo_in_a_plain_provider_table_is_a_config_error_naming_the_key() -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_mapping({"providers": {"Lockchat": {"prority": 5}}})
 
-    assert config.providers["Lockchat"].extra == {"region": "eu"}
+    assert caught.value.key == "providers.Lockchat.prority"
+    assert "unknown key" in caught.value.reason
+
+
+def test_unknown_keys_in_a_typed_provider_table_are_kept_for_the_type() -> None:
+    config = Config.from_mapping({"providers": {"x": {"type": "custom", "region": "eu"}}})
+
+    assert config.providers["x"].extra == {"region": "eu"}
 
 
 def test_zero_backoff_base_is_allowed() -> None:

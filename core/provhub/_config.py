@@ -313,5 +313,13 @@ class _Parser:
             values["headers"] = dict(headers)
         if "timeouts" in table:
             values["timeouts"] = self.timeouts(table.pop("timeouts"), f"{key}.timeouts")
+        if table and "type" not in values:
+            # A table that adjusts a registered provider has a fixed set of keys;
+            # a typo there would otherwise be ignored silently.
+            known = (
+                "enabled, priority, url/base_url, api_key_env, models, headers, timeouts, "
+                "verify_tls"
+            )
+            raise self.fail(f"{key}.{sorted(table)[0]}", f"unknown key (known: {known})")
         values["extra"] = table
         return ProviderConfig(**values)

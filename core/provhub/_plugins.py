@@ -169,6 +169,8 @@ def _describe_error(exc: BaseException) -> str:
     text = "; ".join(line.strip() for line in str(exc).splitlines() if line.strip())
     if len(text) > _ERROR_LIMIT:
         text = text[: _ERROR_LIMIT - 3] + "..."
+    if isinstance(exc, PluginValidation):
+        return text  # our own finding: the message says it all
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 
 

@@ -275,15 +275,13 @@ def parse_chat_stream(
                             raise TypeError("delta.content is not a string")
                         yield content
                 reason = choice.get("finish_reason")
-                if reason:
-                    if markers:
-                        yield FinishReason(str(reason))
+                if reason and markers:
+                    yield FinishReason(str(reason))
             elif chunk.get("error"):
                 raise _error_from_object(chunk["error"], provider)
             usage = chunk.get("usage")
-            if usage:
-                if markers:
-                    yield _usage(usage)
+            if usage and markers:
+                yield _usage(usage)
         except ProviderError:
             raise
         except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
