@@ -14,7 +14,7 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -44,7 +44,7 @@ class CallContext:
 
     def stream_sse(
         self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """POST through the call's transport and yield SSE data payloads.
 
         Applies this call's timeouts, TLS setting, extra config headers and

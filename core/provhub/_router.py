@@ -127,13 +127,17 @@ def _check_text(text: str, where: str) -> None:
     # A lone surrogate (e.g. from a bad decode) cannot be encoded as UTF-8: refuse it
     # here instead of failing inside the transport, where it would count against the
     # provider. isascii() keeps the common case at C speed.
-    if not text.isascii():
-        try:
-            text.encode("utf-8")
-        except UnicodeEncodeError as exc:
-            raise InvalidRequestError(
-                f"{where} is not valid Unicode (lone surrogate at index {exc.start})"
-            ) from None
+    if text.isascii():
+        return
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        index = exc.start
+    else:
+        return
+    # Raised outside the except block: the UnicodeEncodeError holds the whole text, and
+    # must not ride along as __context__ into logs.
+    raise InvalidRequestError(f"{where} is not valid Unicode (lone surrogate at index {index})")
 
 
 def _check_key(key: Any, where: str) -> None:

@@ -25,7 +25,7 @@ from provhub._errors import (
 from provhub._events import DEBUG, ERROR, INFO, WARNING
 from provhub._router import Attempt, RoutePlan, backoff_delay
 from provhub._spec import FinishReason, ProviderInfo, Usage
-from provhub._transport import CancelToken, parse_retry_after
+from provhub._transport import CancelToken, RequestTooLargeError, parse_retry_after
 
 if TYPE_CHECKING:
     from provhub._config import Timeouts
@@ -134,6 +134,8 @@ class Stream:
         self._stream = stream
         self._timeouts = timeouts
         self._parts: list[str] = []
+        # Number of the attempt running or last run; 0 before the first.
+        self._attempt_no = 0
         self._gen = self._run()
 
     def __iter__(self) -> Iterator[str]:
@@ -174,7 +176,7 @@ class Stream:
                 "request_id": self.request_id,
                 "model": self.model,
                 "provider": self.provider,
-                "attempt": len(self.attempts) + (0 if event == "route.planned" else 1),
+                "attempt": self._attempt_no,
                 **fields,
             },
         )
@@ -205,7 +207,7 @@ class Stream:
             while not self.cancel_token.cancelled:
                 allowed, transition = health.acquire(info.name)
                 if transition:
-                    hub._emit(WARNING, transition, {"provider": info.name})
+                    self._emit(WARNING, transition, provider=info.name)
                 if not allowed:
                     self.attempts.append(
                         Attempt(
@@ -265,10 +267,10 @@ class Stream:
                 round(duration * 1000, 3),
             )
         )
-        if error.status not in _REQUEST_FAULT:
+        if error.status not in _REQUEST_FAULT and not isinstance(error, RequestTooLargeError):
             transition = self._hub._health.failure(info.name)
             if transition:
-                self._hub._emit(WARNING, transition, {"provider": info.name})
+                self._emit(WARNING, transition, provider=info.name)
         else:
             self._hub._health.release(info.name)
 
@@ -282,6 +284,7 @@ class Stream:
         if remaining < timeouts.total:
             timeouts = timeouts.merged({"total": max(remaining, 0.001)})
         context = hub._call_context(info, timeouts, self.request_id, self.cancel_token)
+        self._attempt_no = len(self.attempts) + 1
         self._emit(INFO, "attempt.started")
         model = info.aliases.get(self.model, self.model)
         started = time.monotonic()
@@ -353,7 +356,7 @@ class Stream:
         duration = time.monotonic() - started
         transition = hub._health.success(name, ttft if ttft is not None else duration)
         if transition:
-            hub._emit(INFO, transition, {"provider": name})
+            self._emit(INFO, transition, provider=name)
         usage = self.usage
         self._emit(
             INFO,

@@ -17,7 +17,7 @@ import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from typing import Any
 
 import requests
@@ -33,6 +33,7 @@ from provhub._sse import SSEDecodeError, SSEDecoder
 
 __all__ = [
     "CancelToken",
+    "RequestTooLargeError",
     "Transport",
     "UpstreamConnectionError",
     "UpstreamHTTPError",
@@ -74,6 +75,13 @@ class UpstreamTimeoutError(ProviderError, requests.Timeout):
 
 class UpstreamProtocolError(ProviderError):
     """The upstream sent something that is not the expected wire format."""
+
+
+class RequestTooLargeError(ProviderError):
+    """The encoded request exceeds ``limits.max_request_bytes``; nothing was sent.
+
+    The request is at fault, not the provider: it never counts against a breaker.
+    """
 
 
 class CancelToken:
@@ -389,7 +397,7 @@ class Transport:
     ) -> requests.Response:
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         if len(body) > self.limits.max_request_bytes:
-            raise ProviderError(
+            raise RequestTooLargeError(
                 f"request body of {len(body)} bytes exceeds limits.max_request_bytes "
                 f"({self.limits.max_request_bytes}); shorten the messages or raise the limit",
                 provider=provider,
@@ -500,7 +508,7 @@ class Transport:
         provider: str,
         verify: bool | None = None,
         cancel: CancelToken | None = None,
-    ) -> Iterator[bytes]:
+    ) -> Generator[bytes, None, None]:
         """POST ``payload`` and yield each SSE event's data until ``[DONE]``.
 
         Closing the iterator early closes the HTTP response (and its connection)

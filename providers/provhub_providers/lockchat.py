@@ -68,7 +68,7 @@ class Lockchat(AbstractProvider):
                         )
                     return
                 finally:
-                    events.close()  # type: ignore[attr-defined]
+                    events.close()
         raise ProviderError(
             f"upstream kept answering that model {model!r} does not exist "
             f"after {MODEL_MISSING_RETRIES} retries",

@@ -105,7 +105,7 @@ class OpenAICompatible(AbstractProvider):
                 try:
                     yield from parse_chat_stream(events, self.name, markers=call.markers)
                 finally:
-                    events.close()  # type: ignore[attr-defined]
+                    events.close()
             else:
                 answer = call.post_json(url, payload, headers=headers, provider=self.name)
                 for item in _parse_completion(answer, self.name):
