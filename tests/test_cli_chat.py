@@ -213,7 +213,7 @@ def test_chat_log_format_json_writes_json_events_without_the_prompt(
     assert result.stdout == "Hello there\n"
     events = json_events(result.stderr)  # every line is JSON
     names = [e["event"] for e in events if "request_id" in e]
-    assert names == ["route.planned", "attempt.started", "stream.first_token", "stream.completed"]
+    assert names == ["stream.completed"]
     assert all(e["provider"] == "Lockchat" for e in events if e["event"] == "stream.completed")
     assert SENTINEL not in result.stderr
     assert "Hello" not in result.stderr
@@ -227,7 +227,7 @@ def test_common_options_work_before_and_after_the_command(
     assert after.returncode == 0, after.stderr
     assert after.stdout == "w0 w1 w2 \n"
     # -v: info events, rendered for a console.
-    assert "route.planned" in after.stderr
+    assert "stream.completed" in after.stderr
     assert "stream.completed" in after.stderr
     assert not after.stderr.startswith("{")
     before = provhub_cli("--log-format", "json", "-v", "chat", "-m", "gpt-4", "hi", config=config)
@@ -462,28 +462,26 @@ def test_demo_chat_falls_back_and_json_events_tell_the_story(
     assert result.stdout == "Hello there\n"
     events = [e for e in json_events(result.stderr) if "request_id" in e]
     story = [(e["event"], e["provider"]) for e in events]
+    # At INFO (the CLI's level for JSON events) the story is every failure and
+    # fallback, then the one completion line; -vv adds the DEBUG steps.
     assert story == [
-        ("route.planned", None),
-        ("attempt.started", "Lockchat"),
         ("attempt.failed", "Lockchat"),
-        ("attempt.started", "Lockchat"),
         ("attempt.failed", "Lockchat"),
         ("route.fallback", "Lockchat"),
-        ("attempt.started", "backup"),
-        ("stream.first_token", "backup"),
         ("stream.completed", "backup"),
     ]
     assert len({e["request_id"] for e in events}) == 1
-    planned, failed = events[0], events[2]
-    assert planned["candidates"] == ["Lockchat", "backup"]
+    failed = events[0]
     expected_error = "UpstreamHTTPError" if broken == "http-500" else "UpstreamConnectionError"
     assert failed["error_type"] == expected_error
     assert failed["status"] == (500 if broken == "http-500" else None)
     assert failed["retryable"] is True
     assert failed["level"] == "warning"
-    fallback = events[5]
+    fallback = events[2]
     assert (fallback["from_provider"], fallback["to_provider"]) == ("Lockchat", "backup")
     completed = events[-1]
+    assert completed["attempt"] == 3
+    assert completed["ttft_ms"] >= 0
     assert completed["chunks"] == 3
     assert completed["finish_reason"] == "stop"
     assert SENTINEL not in result.stderr

@@ -3,6 +3,12 @@
 Runs attempts in plan order, retries with backoff, falls back only before the
 first token reached the caller, updates health and emits events. The per-token
 path does as little as possible: a type check, two counters, one list append.
+
+Event levels follow what an operator needs at INFO: one event per successful
+request (``stream.completed``, which carries ``ttft_ms``), and every failure,
+retry and fallback at WARNING or above. The steps of a healthy request
+(``route.planned``, ``attempt.started``, ``stream.first_token``) are DEBUG, so
+INFO logging costs one log record per request.
 """
 
 from __future__ import annotations
@@ -194,7 +200,7 @@ class Stream:
         }
         if hub._emitter.log_content:
             fields["messages"] = self._messages
-        self._emit(INFO, "route.planned", **fields)
+        self._emit(DEBUG, "route.planned", **fields)
         previous: str | None = None
         # The last failure becomes the __cause__ of AllProvidersFailedError, so a
         # traceback shows what finally went wrong (the others are in .attempts).
@@ -285,7 +291,7 @@ class Stream:
             timeouts = timeouts.merged({"total": max(remaining, 0.001)})
         context = hub._call_context(info, timeouts, self.request_id, self.cancel_token)
         self._attempt_no = len(self.attempts) + 1
-        self._emit(INFO, "attempt.started")
+        self._emit(DEBUG, "attempt.started")
         model = info.aliases.get(self.model, self.model)
         started = time.monotonic()
         chunk_events = hub._emitter.enabled_for(DEBUG)
@@ -311,7 +317,7 @@ class Stream:
                     if item:
                         if ttft is None:
                             ttft = time.monotonic() - started
-                            self._emit(INFO, "stream.first_token", ttft_ms=round(ttft * 1000, 3))
+                            self._emit(DEBUG, "stream.first_token", ttft_ms=round(ttft * 1000, 3))
                         delivered += 1
                         chars += len(item)
                         parts.append(item)
@@ -361,6 +367,7 @@ class Stream:
         self._emit(
             INFO,
             "stream.completed",
+            ttft_ms=None if ttft is None else round(ttft * 1000, 3),
             chunks=delivered,
             chars=chars,
             duration_ms=round(duration * 1000, 3),
