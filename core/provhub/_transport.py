@@ -169,6 +169,18 @@ class _Adapter(HTTPAdapter):
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
 
+    def close(self) -> None:
+        # urllib3 2 forgets its pools on clear() without closing them; they close when
+        # garbage-collected. A response still referenced (an UpstreamHTTPError's
+        # .response, a frame in a traceback cycle) keeps its pool and the pool's idle
+        # sockets alive meanwhile. Close every pool now, as urllib3 1 did.
+        for manager in (self.poolmanager, *self.proxy_manager.values()):
+            for key in list(manager.pools.keys()):
+                pool = manager.pools.get(key)
+                if pool is not None:
+                    pool.close()
+        super().close()
+
 
 def parse_retry_after(value: str | None) -> float | None:
     """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
