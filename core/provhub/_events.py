@@ -99,17 +99,26 @@ class EventEmitter:
     Owned by one :class:`~provhub.Hub`; thread-safe.
     """
 
-    __slots__ = ("_lock", "_log_content", "_subscribers")
+    __slots__ = ("_lock", "_log_content", "_logger", "_subscribers")
 
     def __init__(self, *, log_content: bool = False) -> None:
         self._log_content = log_content
         self._subscribers: tuple[Subscriber, ...] = ()
         self._lock = threading.Lock()
+        # One structlog proxy per emitter: with the host's
+        # ``cache_logger_on_first_use`` it binds once instead of on every event.
+        self._logger: Any = None
 
     @property
     def log_content(self) -> bool:
         """Whether message content may appear in events (host opt-in)."""
         return self._log_content
+
+    def _structlog_logger(self, structlog: Any) -> Any:
+        logger = self._logger
+        if logger is None:
+            logger = self._logger = structlog.get_logger(LOGGER_NAME)
+        return logger
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Add ``callback``; returns a function that removes it again."""
@@ -128,8 +137,7 @@ class EventEmitter:
             return True
         structlog = _configured_structlog()
         if structlog is not None:
-            logger = structlog.get_logger(LOGGER_NAME)
-            check = getattr(logger.bind(), "is_enabled_for", None)
+            check = getattr(self._structlog_logger(structlog).bind(), "is_enabled_for", None)
             return bool(check(level)) if check is not None else True
         return _stdlib_logger.isEnabledFor(level)
 
@@ -152,7 +160,7 @@ class EventEmitter:
                 except Exception:  # a host callback must not break a request
                     _stdlib_logger.exception("provhub subscriber %r raised", callback)
         if structlog is not None:
-            structlog.get_logger(LOGGER_NAME).log(level, event, **data)
+            self._structlog_logger(structlog).log(level, event, **data)
         elif _stdlib_logger.isEnabledFor(level):
             context = _host_context()
             merged = {**context, **data} if context else data
