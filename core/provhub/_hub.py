@@ -5,7 +5,6 @@ from __future__ import annotations
 import os
 import random
 import threading
-import uuid
 from collections.abc import Callable, Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -304,7 +303,8 @@ class Hub:
             checked,
             params,
             stream=stream,
-            request_id=uuid.uuid4().hex[:16],
+            # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
+            request_id=os.urandom(8).hex(),
             timeouts=timeouts or self.config.router.timeouts,
         )
 
