@@ -149,8 +149,14 @@ class EventEmitter:
         """
         subscribers = self._subscribers
         structlog = _configured_structlog()
-        if not subscribers and structlog is None and not _stdlib_logger.isEnabledFor(level):
-            return  # no sink takes it: skip the redaction, the common case with logging off
+        if not subscribers:
+            # No sink takes it: skip the redaction. The common cases are logging off
+            # altogether, and the DEBUG steps of a request under INFO logging.
+            if structlog is None:
+                if not _stdlib_logger.isEnabledFor(level):
+                    return
+            elif level < INFO and not self.enabled_for(level):
+                return
         data = redact(fields, log_content=self._log_content)
         if subscribers:
             record = {**_host_context(), "event": event, "level": _LEVEL_NAMES[level], **data}
