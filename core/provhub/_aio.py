@@ -15,6 +15,7 @@ import collections
 import contextlib
 import contextvars
 import threading
+import time
 import weakref
 from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING, Any
@@ -30,6 +31,8 @@ _DONE = object()
 # Tokens buffered ahead of a slow consumer before the worker waits: bounds memory
 # while keeping the worker from stalling on every token.
 _MAX_BUFFER = 4096
+# Longest stretch the worker holds the GIL during a burst before yielding it.
+_GIL_SLICE = 0.002
 
 
 class _Channel:
@@ -51,8 +54,17 @@ class _Channel:
         self.closed = False
 
     def work(self) -> None:
+        count = 0
+        last_yield = time.monotonic()
         try:
             for token in self.stream._gen:
+                count += 1
+                if not count & 63 and time.monotonic() - last_yield > _GIL_SLICE:
+                    # A burst of tokens keeps this thread busy; handing the GIL
+                    # over now and then keeps the event loop's lag near one slice
+                    # instead of several of the interpreter's 5 ms switch intervals.
+                    time.sleep(0)
+                    last_yield = time.monotonic()
                 with self.lock:
                     while len(self.buffer) >= _MAX_BUFFER and not self.closed:
                         # Wake up now and then: a consumer whose event loop has
