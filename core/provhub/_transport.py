@@ -359,8 +359,9 @@ class Transport:
         self._pool_maxsize = pool_maxsize
         self._session: requests.Session | None = None
         self._lock = threading.Lock()
-        self._proxies = {k: v for k, v in urllib.request.getproxies().items() if k != "no"}
-        self._no_proxy = urllib.request.getproxies().get("no")
+        environment = urllib.request.getproxies()
+        self._no_proxy = environment.pop("no", None)
+        self._proxies = environment
         self._proxy_cache: dict[str, dict[str, str] | None] = {}
 
     @property
