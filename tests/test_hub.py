@@ -743,3 +743,21 @@ def test_hub_close_releases_connections_and_stays_usable(
     hub.close()
     assert upstream.wait_for_open_connections(0, timeout=2.0)
     assert hub.complete("gpt-4", MESSAGES).text == Behaviour().text()
+
+
+def test_dropping_an_unfinished_stream_closes_the_upstream_connection_at_once(
+    make_hub: MakeHub, upstream: FakeUpstream
+) -> None:
+    import gc
+
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.default = Behaviour(chunks=5000)
+    gc.disable()  # "at once" means by reference counting, not at a later collection
+    try:
+        stream = hub.stream("gpt-4", MESSAGES)
+        assert next(iter(stream)) == "w0 "
+        del stream
+        assert upstream.wait_for_open_connections(0, timeout=2.0)
+    finally:
+        gc.enable()

@@ -111,9 +111,12 @@ class Stream:
 
     Metadata is live during iteration and final after it: ``provider`` (of the
     current or final attempt), ``request_id``, ``attempts``, ``finish_reason``,
-    ``usage``. Use it as a context manager, or call :meth:`close`, to release
-    the upstream connection when you stop early.
+    ``usage``, ``text``. Use it as a context manager, or call :meth:`close`, to
+    release the upstream connection when you stop early; a stream dropped
+    unfinished releases it as soon as it is garbage.
     """
+
+    __slots__ = ("_gen", "_run")
 
     def __init__(
         self,
@@ -126,23 +129,13 @@ class Stream:
         request_id: str,
         timeouts: Timeouts,
     ) -> None:
-        self.request_id = request_id
-        self.model = plan.model
-        self.provider: str | None = None
-        self.attempts: list[Attempt] = []
-        self.finish_reason: str | None = None
-        self.usage: Usage | None = None
-        self.plan = plan
-        self.cancel_token = CancelToken()
-        self._hub = hub
-        self._messages = messages
-        self._params = params
-        self._stream = stream
-        self._timeouts = timeouts
-        self._parts: list[str] = []
-        # Number of the attempt running or last run; 0 before the first.
-        self._attempt_no = 0
-        self._gen = self._run()
+        self._run = _Run(
+            hub, plan, messages, params, stream=stream, request_id=request_id, timeouts=timeouts
+        )
+        # The generator refers to the run, never to this object: no reference
+        # cycle, so dropping an unfinished stream closes its connection at once
+        # instead of at the next cyclic garbage collection.
+        self._gen = self._run.execute()
 
     def __iter__(self) -> Iterator[str]:
         # Hand out the generator itself: no extra Python frame per token.
@@ -164,13 +157,85 @@ class Stream:
         )
 
     @property
+    def request_id(self) -> str:
+        """The request's id, as on its events."""
+        return self._run.request_id
+
+    @property
+    def model(self) -> str:
+        """The model asked for."""
+        return self._run.model
+
+    @property
+    def provider(self) -> str | None:
+        """Provider of the current or final attempt (None before the first)."""
+        return self._run.provider
+
+    @property
+    def attempts(self) -> list[Attempt]:
+        """Attempts so far, in order (the successful one included)."""
+        return self._run.attempts
+
+    @property
+    def finish_reason(self) -> str | None:
+        """Why the upstream stopped, when it said so."""
+        return self._run.finish_reason
+
+    @property
+    def usage(self) -> Usage | None:
+        """Token usage, when the upstream reported it."""
+        return self._run.usage
+
+    @property
+    def plan(self) -> RoutePlan:
+        """The route plan this request follows."""
+        return self._run.plan
+
+    @property
+    def cancel_token(self) -> CancelToken:
+        """Aborts the network call from another thread (used by ``astream``)."""
+        return self._run.cancel_token
+
+    @property
     def text(self) -> str:
         """Everything delivered so far."""
-        return "".join(self._parts)
+        return "".join(self._run.parts)
 
     def close(self) -> None:
         """Stop the stream and close the upstream connection (idempotent)."""
         self._gen.close()
+
+
+class _Run:
+    """The execution state of one request, owned by the generator that runs it."""
+
+    def __init__(
+        self,
+        hub: Hub,
+        plan: RoutePlan,
+        messages: list[dict[str, Any]],
+        params: dict[str, Any],
+        *,
+        stream: bool,
+        request_id: str,
+        timeouts: Timeouts,
+    ) -> None:
+        self.request_id = request_id
+        self.model = plan.model
+        self.provider: str | None = None
+        self.attempts: list[Attempt] = []
+        self.finish_reason: str | None = None
+        self.usage: Usage | None = None
+        self.plan = plan
+        self.cancel_token = CancelToken()
+        self.parts: list[str] = []
+        self._hub = hub
+        self._messages = messages
+        self._params = params
+        self._stream = stream
+        self._timeouts = timeouts
+        # Number of the attempt running or last run; 0 before the first.
+        self._attempt_no = 0
 
     # -- execution ---------------------------------------------------------
 
@@ -187,7 +252,7 @@ class Stream:
             },
         )
 
-    def _run(self) -> Generator[str, None, None]:
+    def execute(self) -> Generator[str, None, None]:
         hub = self._hub
         health = hub._health
         settings = hub.config.router
@@ -299,7 +364,7 @@ class Stream:
         model = info.aliases.get(self.model, self.model)
         started = time.monotonic()
         chunk_events = hub._emitter.enabled_for(DEBUG)
-        parts = self._parts
+        parts = self.parts
         delivered = 0
         chars = 0
         ttft: float | None = None
@@ -344,7 +409,7 @@ class Stream:
             error = as_provider_error(exc, name)
             if self.cancel_token.cancelled:
                 hub._health.release(name)
-                raise StreamInterruptedError(name, self.text, error) from exc
+                raise StreamInterruptedError(name, "".join(parts), error) from exc
             if delivered:
                 self._emit(
                     ERROR,
@@ -355,7 +420,7 @@ class Stream:
                     status=error.status,
                 )
                 self._record_failure(info, error, None, time.monotonic() - started)
-                raise StreamInterruptedError(name, self.text, error) from exc
+                raise StreamInterruptedError(name, "".join(parts), error) from exc
             return error
         finally:
             hub._health.end(name)
