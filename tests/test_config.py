@@ -579,3 +579,13 @@ def test_unknown_keys_in_a_typed_provider_table_are_kept_for_the_type() -> None:
 
 def test_zero_backoff_base_is_allowed() -> None:
     assert Config.from_mapping({"router": {"backoff_base": 0}}).router.backoff_base == 0.0
+
+
+@pytest.mark.parametrize("header", ["Authorization", "x-api-key", "Api-Key", "Cookie"])
+def test_a_credential_header_in_the_file_is_refused(header: str) -> None:
+    with pytest.raises(ConfigError) as caught:
+        Config.from_mapping({"providers": {"p": {"headers": {header: "Bearer sk-secret"}}}})
+
+    assert caught.value.key == f"providers.p.headers.{header}"
+    assert "api_key_env" in caught.value.reason
+    assert "sk-secret" not in str(caught.value)

@@ -174,6 +174,9 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
     return Config.from_mapping(data, path=str(found))
 
 
+_CREDENTIAL_HEADERS = frozenset(
+    {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
+)
 _SECRET_KEYS = frozenset({"api_key", "key", "token", "password", "secret", "authorization"})
 
 
@@ -310,6 +313,13 @@ class _Parser:
             headers = self.table(table.pop("headers"), f"{key}.headers")
             if not all(isinstance(v, str) for v in headers.values()):
                 raise self.fail(f"{key}.headers", "header values must be strings")
+            for name in headers:
+                if name.lower() in _CREDENTIAL_HEADERS:
+                    raise self.fail(
+                        f"{key}.headers.{name}",
+                        "credentials are not read from the config file; name the "
+                        "environment variable that holds the key with api_key_env",
+                    )
             values["headers"] = dict(headers)
         if "timeouts" in table:
             values["timeouts"] = self.timeouts(table.pop("timeouts"), f"{key}.timeouts")
