@@ -14,7 +14,7 @@ import os
 import subprocess
 import sys
 import textwrap
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import pytest
@@ -555,3 +555,18 @@ def test_configure_logging_rejects_unknown_format_and_level() -> None:
     with pytest.raises(ValueError, match="level"):
         configure_logging(format="json", level="chatty")
     assert not structlog.is_configured()
+
+
+def test_subscribers_given_to_the_hub_see_the_events_of_its_construction() -> None:
+    from provhub import Config, Hub
+
+    seen: list[Mapping[str, Any]] = []
+    config = Config.from_mapping({"providers": {"Lockchat": {"verify_tls": False}}})
+    hub = Hub(config, subscribers=[seen.append])
+    try:
+        names = [e["event"] for e in seen]
+        assert "plugin.loaded" in names
+        insecure = [e for e in seen if e["event"] == "provider.insecure"]
+        assert insecure[0]["provider"] == "Lockchat"
+    finally:
+        hub.close()

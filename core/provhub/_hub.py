@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import random
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from provhub._config import Config, ProviderConfig, Timeouts, load_config
@@ -48,11 +48,14 @@ def _plain_http_to_remote(url: str) -> bool:
 class Hub:
     """Discovers providers, routes requests, retries, falls back and reports.
 
-    ``Hub(config=None, *, load_plugins=True, strict=False, log_content=None)``:
+    ``Hub(config=None, *, load_plugins=True, strict=False, log_content=None,
+    subscribers=())``:
     ``config`` is a :class:`Config`, a path to a TOML file, or None for the
     usual search (``$PROVHUB_CONFIG``, ``./provhub.toml``, the user config dir).
     ``strict=True`` raises :class:`PluginLoadError` on a broken plugin instead of
     skipping it. ``log_content=True`` lets message content appear in events.
+    ``subscribers`` are subscribed before discovery, so they also receive the
+    events of the hub's construction (``plugin.*``, ``provider.insecure``).
     A hub is safe to share between threads; close it (or use ``with``) to
     release pooled connections.
     """
@@ -64,11 +67,14 @@ class Hub:
         load_plugins: bool = True,
         strict: bool = False,
         log_content: bool | None = None,
+        subscribers: Iterable[Subscriber] = (),
     ) -> None:
         self.config = config if isinstance(config, Config) else load_config(config)
         self._emitter = EventEmitter(
             log_content=self.config.log_content if log_content is None else log_content
         )
+        for callback in subscribers:
+            self._emitter.subscribe(callback)
         self._registry = Registry()
         self._health = Health(
             threshold=self.config.router.breaker_threshold,
