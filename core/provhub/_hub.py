@@ -17,7 +17,7 @@ from provhub._plugins import PluginRecord, PluginStatus, ProviderTypeFactory, lo
 from provhub._registry import PROGRAMMATIC, Registry, describe
 from provhub._router import RoutePlan, Router, required_capabilities, validate_messages
 from provhub._spec import Capability, ProviderInfo
-from provhub._stream import Completion, Stream
+from provhub._stream import Completion, Run, Stream
 from provhub._transport import CancelToken, Transport
 
 if TYPE_CHECKING:
@@ -304,14 +304,16 @@ class Hub:
         if not plan.candidates:
             raise NoProviderError(model, dict(plan.excluded))
         return Stream(
-            self,
-            plan,
-            checked,
-            params,
-            stream=stream,
-            # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
-            request_id=os.urandom(8).hex(),
-            timeouts=timeouts or self.config.router.timeouts,
+            Run(
+                self,
+                plan,
+                checked,
+                params,
+                stream=stream,
+                # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
+                request_id=os.urandom(8).hex(),
+                timeouts=timeouts or self.config.router.timeouts,
+            )
         )
 
     def _provider_name(self, provider: Any) -> str | None:

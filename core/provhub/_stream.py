@@ -118,24 +118,12 @@ class Stream:
 
     __slots__ = ("_gen", "_run")
 
-    def __init__(
-        self,
-        hub: Hub,
-        plan: RoutePlan,
-        messages: list[dict[str, Any]],
-        params: dict[str, Any],
-        *,
-        stream: bool,
-        request_id: str,
-        timeouts: Timeouts,
-    ) -> None:
-        self._run = _Run(
-            hub, plan, messages, params, stream=stream, request_id=request_id, timeouts=timeouts
-        )
+    def __init__(self, run: Run) -> None:
+        self._run = run
         # The generator refers to the run, never to this object: no reference
         # cycle, so dropping an unfinished stream closes its connection at once
         # instead of at the next cyclic garbage collection.
-        self._gen = self._run.execute()
+        self._gen = run.execute()
 
     def __iter__(self) -> Iterator[str]:
         # Hand out the generator itself: no extra Python frame per token.
@@ -206,7 +194,7 @@ class Stream:
         self._gen.close()
 
 
-class _Run:
+class Run:
     """The execution state of one request, owned by the generator that runs it."""
 
     def __init__(
