@@ -80,6 +80,25 @@ def _excerpt(raw: bytes, secrets: Secrets | None = None) -> str:
     return text if len(text) <= _BODY_EXCERPT else text[: _BODY_EXCERPT - 3] + "..."
 
 
+def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
+    """The ``error.code`` and ``error.type`` strings of an OpenAI-style error body.
+
+    Kept as data on the error (SPEC §14), so providers map failure kinds from
+    them instead of parsing the message text.
+    """
+    try:
+        error = json.loads(raw[: _BODY_EXCERPT * 4].decode("utf-8", "replace"))["error"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None, None
+    if not isinstance(error, dict):
+        return None, None
+    code, kind = error.get("code"), error.get("type")
+    return (
+        code[:64] if isinstance(code, str) and code else None,
+        kind[:64] if isinstance(kind, str) and kind else None,
+    )
+
+
 def _host(url: str) -> str | None:
     try:
         return urlsplit(url).netloc or None
@@ -231,6 +250,7 @@ class Transport:
             status = response.status_code
             secrets = Secrets()
             secrets.add_headers(all_headers)
+            code, error_type = _error_fields(raw)
             raise UpstreamHTTPError(
                 secrets.mask(f"HTTP {status} {response.reason or ''}".strip()),
                 response=response,
@@ -241,6 +261,8 @@ class Transport:
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
                 kind=kind_of_status(status),
                 host=_host(url),
+                code=code,
+                error_type=error_type,
             )
         return response
 
