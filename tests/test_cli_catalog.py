@@ -27,6 +27,7 @@ PROVIDER_KEYS = {
     "models",
     "aliases",
     "model_capabilities",
+    "context_windows",
     "default_model",
     "source",
 }

@@ -189,6 +189,7 @@ class AbstractProvider(ABC):
     model_capabilities: Mapping[str, Capability] = {}
     default_model: str | None = None
     config_keys: Sequence[str] = ()
+    context_windows: Mapping[str, int] = {}
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -241,8 +242,9 @@ class ProviderInfo:
     ``models`` holds every model id served (including ``gpt-3.5-turbo``/``gpt-4``
     from the flags); ``aliases`` maps alias to model id; ``capabilities`` are the
     provider-wide ones (from the flags) and ``model_capabilities`` the per-model
-    declarations (see :meth:`capabilities_for`); ``source`` is the plugin
-    (entry-point name) or ``"programmatic"``.
+    declarations (see :meth:`capabilities_for`); ``context_windows`` maps model
+    ids to context windows in tokens; ``source`` is the plugin (entry-point name)
+    or ``"programmatic"``.
     """
 
     name: str
@@ -256,6 +258,7 @@ class ProviderInfo:
     provider: Any = field(repr=False, compare=False)
     model_capabilities: Mapping[str, Capability] = field(default_factory=dict)
     config_keys: tuple[str, ...] = ()
+    context_windows: Mapping[str, int] = field(default_factory=dict)
 
     @property
     def working(self) -> bool:
@@ -282,6 +285,10 @@ class ProviderInfo:
             return self.capabilities
         return (self.capabilities & ~RICH_CAPABILITIES) | (declared & RICH_CAPABILITIES)
 
+    def context_window_for(self, model: str) -> int | None:
+        """The context window of ``model`` (an id or an alias) in tokens, or None."""
+        return self.context_windows.get(self.aliases.get(model, model))
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (used by ``provhub providers --json``)."""
         return {
@@ -292,6 +299,7 @@ class ProviderInfo:
             "models": list(self.models),
             "aliases": dict(self.aliases),
             "model_capabilities": {m: c.names() for m, c in self.model_capabilities.items()},
+            "context_windows": dict(self.context_windows),
             "default_model": self.default_model,
             "source": self.source,
         }
