@@ -1,0 +1,663 @@
+"""State shared by every hub on one Redis (SPEC §15; extra ``redis``).
+
+Each phase of a request is one server-side Lua script call, so it is atomic
+across processes and costs one round trip: *plan/acquire* (check the ordered
+candidates, admit the first with room), *finish* (reconcile tokens, count the
+outcome on the breaker, update latency), and a fallback's *finish + acquire*
+together. The script reads the server's clock (``TIME``), so every replica sees
+the same windows and cooldowns whatever its own clock says.
+
+Keys (all under ``PREFIX:``, each with an expiry so a flushed or abandoned
+store needs no cleaning):
+
+- ``b:PROVIDER``: the breaker (hash: state, failures, opened_at, trial lease
+  and its expiry, cooldown_until, ttft moving average);
+- ``i:PROVIDER``: leases in flight (sorted set scored by expiry: a crashed
+  process's leases expire instead of counting forever);
+- per limit scope ``K``: ``r:K`` (admissions in the window, for ``rpm``),
+  ``t:K`` and ``u:K`` (token reservations ``lease:tokens`` in the window and
+  their sum, for ``tpm``), ``f:K`` (leases in flight, for ``max_in_flight``).
+
+Redis down, slow (every call has a tight socket timeout) or failing: the store
+serves from its in-process :class:`~provhub._state.MemoryStateStore`, emits
+``state.degraded``, tries Redis again after ``retry_interval`` (one caller at a
+time) and emits ``state.restored`` when it answers. A request never fails
+because of Redis. Redis Cluster is not supported (the script derives its keys).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from provhub._config import StateConfig
+from provhub._errors import ConfigError
+from provhub._events import INFO, WARNING
+from provhub._health import TRIAL_REASON, cooldown_reason, open_reason
+from provhub._limits import Scope
+from provhub._state import (
+    WINDOW,
+    Acquired,
+    EmitFn,
+    Lease,
+    MemoryStateStore,
+    Outcome,
+    Skip,
+    Slot,
+    Verdict,
+    lease_id,
+    limit_reason,
+)
+
+__all__ = ["RedisStateStore"]
+
+_SCRIPT = r"""
+local r = cjson.decode(ARGV[1])
+local P = r.p
+local W = r.w
+local T = redis.call('TIME')
+local now = tonumber(T[1]) + tonumber(T[2]) / 1000000
+local tr = {}
+local DAY = 86400
+local keep = math.ceil(W + r.ttl) + 1
+
+local function num(v)
+  return tonumber(v) or 0
+end
+
+local function tokens_of(member)
+  return tonumber(string.match(member, ':(%d+)$')) or 0
+end
+
+local function trim_tokens(k)
+  local zkey, ukey = P .. 't:' .. k, P .. 'u:' .. k
+  while true do
+    local old = redis.call('ZRANGEBYSCORE', zkey, '-inf', now - W, 'LIMIT', 0, 256)
+    if #old == 0 then return end
+    local freed = 0
+    for _, m in ipairs(old) do freed = freed + tokens_of(m) end
+    redis.call('ZREM', zkey, unpack(old))
+    redis.call('DECRBY', ukey, freed)
+    if #old < 256 then return end
+  end
+end
+
+local function finish(f)
+  redis.call('ZREM', P .. 'i:' .. f.p, f.id)
+  for _, sc in ipairs(f.sc) do
+    local k = sc.k
+    redis.call('ZREM', P .. 'f:' .. k, f.id)
+    if sc.rpm > 0 and f.v == 'unused' then
+      redis.call('ZREM', P .. 'r:' .. k, f.id)
+    end
+    if sc.tpm > 0 then
+      local zkey = P .. 't:' .. k
+      local member = f.id .. ':' .. f.n
+      local score = redis.call('ZSCORE', zkey, member)
+      local new = f.tok
+      if f.v == 'unused' then new = 0 end
+      if score and new >= 0 then
+        redis.call('ZREM', zkey, member)
+        if new > 0 then redis.call('ZADD', zkey, score, f.id .. ':' .. new) end
+        redis.call('INCRBY', P .. 'u:' .. k, new - f.n)
+        redis.call('EXPIRE', zkey, keep)
+        redis.call('EXPIRE', P .. 'u:' .. k, keep)
+      end
+    end
+  end
+  if f.v == 'local' then return end
+  local b = P .. 'b:' .. f.p
+  local h = redis.call('HMGET', b, 's', 'tl', 't')
+  local st = h[1] or 'c'
+  local mine = h[2] == f.id
+  if f.v == 'ok' then
+    if f.ttft >= 0 then
+      local old = tonumber(h[3])
+      local avg = f.ttft
+      if old then avg = old + 0.3 * (f.ttft - old) end
+      redis.call('HSET', b, 't', tostring(avg))
+    end
+    redis.call('HSET', b, 'f', 0)
+    if mine or st ~= 'c' then redis.call('HDEL', b, 'tl', 'tu') end
+    if st ~= 'c' then
+      redis.call('HSET', b, 's', 'c')
+      tr[#tr + 1] = {'circuit.closed', f.p}
+    end
+  elseif f.v == 'fail' then
+    local fails = redis.call('HINCRBY', b, 'f', 1)
+    if mine then redis.call('HDEL', b, 'tl', 'tu') end
+    if st == 'h' or (st == 'c' and fails >= r.th) then
+      redis.call('HSET', b, 's', 'o', 'o', tostring(now))
+      redis.call('HDEL', b, 'tl', 'tu')
+      tr[#tr + 1] = {'circuit.opened', f.p}
+    end
+  elseif mine then
+    redis.call('HDEL', b, 'tl', 'tu')
+  end
+  if f.cd > 0 then
+    local cu = now + f.cd
+    if cu > num(redis.call('HGET', b, 'cu')) then
+      redis.call('HSET', b, 'cu', tostring(cu))
+    end
+  end
+  redis.call('EXPIRE', b, DAY)
+end
+
+-- A refusal: {code, limit, used, retry_after (-1: unknown), scope index (0: none)}.
+local function check(s)
+  local h = redis.call('HMGET', P .. 'b:' .. s.p, 's', 'f', 'o', 'tu', 'cu')
+  local st = h[1] or 'c'
+  if st == 'o' then
+    local rem = r.cd - (now - num(h[3]))
+    if rem > 0 then return {'open', num(h[2]), 0, rem, 0} end
+  elseif st == 'h' then
+    if num(h[4]) > now then return {'trial', 0, 0, -1, 0} end
+  end
+  if r.rt == 0 and num(h[5]) > now then return {'cool', 0, 0, num(h[5]) - now, 0} end
+  for j, sc in ipairs(s.sc) do
+    local k = sc.k
+    if sc.rpm > 0 then
+      local key = P .. 'r:' .. k
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now - W)
+      local n = redis.call('ZCARD', key)
+      if n >= sc.rpm then
+        local first = redis.call('ZRANGE', key, 0, 0, 'WITHSCORES')
+        return {'rpm', sc.rpm, n, num(first[2]) + W - now, j}
+      end
+    end
+    if sc.tpm > 0 then
+      trim_tokens(k)
+      local used = num(redis.call('GET', P .. 'u:' .. k))
+      if used > 0 and used + r.n > sc.tpm then
+        local entries = redis.call('ZRANGE', P .. 't:' .. k, 0, 999, 'WITHSCORES')
+        local freed, at = 0, -1
+        for x = 1, #entries, 2 do
+          freed = freed + tokens_of(entries[x])
+          if used - freed + r.n <= sc.tpm or used - freed <= 0 then
+            at = num(entries[x + 1]) + W - now
+            break
+          end
+        end
+        return {'tpm', sc.tpm, used, at, j}
+      end
+    end
+    if sc.fly > 0 then
+      local key = P .. 'f:' .. k
+      redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+      local n = redis.call('ZCARD', key)
+      if n >= sc.fly then return {'fly', sc.fly, n, -1, j} end
+    end
+  end
+  return nil
+end
+
+local function take(s)
+  local b = P .. 'b:' .. s.p
+  local st = redis.call('HGET', b, 's') or 'c'
+  if st == 'o' then
+    redis.call('HSET', b, 's', 'h', 'tl', r.id, 'tu', tostring(now + r.ttl))
+    redis.call('EXPIRE', b, DAY)
+    tr[#tr + 1] = {'circuit.half_open', s.p}
+  elseif st == 'h' then
+    redis.call('HSET', b, 'tl', r.id, 'tu', tostring(now + r.ttl))
+    redis.call('EXPIRE', b, DAY)
+  end
+  local ikey = P .. 'i:' .. s.p
+  redis.call('ZADD', ikey, now + r.ttl, r.id)
+  redis.call('EXPIRE', ikey, keep)
+  for _, sc in ipairs(s.sc) do
+    local k = sc.k
+    if sc.rpm > 0 then
+      redis.call('ZADD', P .. 'r:' .. k, now, r.id)
+      redis.call('EXPIRE', P .. 'r:' .. k, keep)
+    end
+    if sc.tpm > 0 then
+      redis.call('ZADD', P .. 't:' .. k, now, r.id .. ':' .. r.n)
+      redis.call('INCRBY', P .. 'u:' .. k, r.n)
+      redis.call('EXPIRE', P .. 't:' .. k, keep)
+      redis.call('EXPIRE', P .. 'u:' .. k, keep)
+    end
+    redis.call('ZADD', P .. 'f:' .. k, now + r.ttl, r.id)
+    redis.call('EXPIRE', P .. 'f:' .. k, keep)
+  end
+end
+
+if r.f then finish(r.f) end
+
+local order = {}
+for i = 1, #r.s do order[i] = i end
+if r.ob ~= '' then
+  local key = {}
+  for i, s in ipairs(r.s) do
+    if r.ob == 'ttft' then
+      key[i] = tonumber(redis.call('HGET', P .. 'b:' .. s.p, 't')) or 0
+    else
+      local ikey = P .. 'i:' .. s.p
+      redis.call('ZREMRANGEBYSCORE', ikey, '-inf', now)
+      key[i] = redis.call('ZCARD', ikey)
+    end
+  end
+  table.sort(order, function(a, b)
+    if key[a] ~= key[b] then return key[a] < key[b] end
+    return a < b
+  end)
+end
+
+local chosen = -1
+local skipped = {}
+for _, i in ipairs(order) do
+  if chosen >= 0 and r.all == 0 then break end
+  local why = check(r.s[i])
+  if why then
+    skipped[#skipped + 1] = {i - 1, why[1], why[2], why[3], why[4], why[5]}
+  elseif chosen < 0 and r.a == 1 then
+    take(r.s[i])
+    chosen = i - 1
+  end
+end
+local zero = {}
+for x, i in ipairs(order) do zero[x] = i - 1 end
+return cjson.encode({c = chosen, s = skipped, o = zero, t = tr})
+"""
+
+_SNAPSHOT = r"""
+local P = ARGV[1]
+local T = redis.call('TIME')
+local now = tonumber(T[1]) + tonumber(T[2]) / 1000000
+local out = {}
+for x = 2, #ARGV do
+  local name = ARGV[x]
+  local h = redis.call('HMGET', P .. 'b:' .. name, 's', 'f', 'o', 't')
+  redis.call('ZREMRANGEBYSCORE', P .. 'i:' .. name, '-inf', now)
+  out[#out + 1] = {name, h[1] or 'c', tonumber(h[2]) or 0, now - (tonumber(h[3]) or now),
+                   tonumber(h[4]) or -1, redis.call('ZCARD', P .. 'i:' .. name)}
+end
+return cjson.encode(out)
+"""
+
+_VERDICT_CODES = {
+    Verdict.SUCCESS: "ok",
+    Verdict.FAILURE: "fail",
+    Verdict.LOCAL_FAILURE: "local",
+    Verdict.NEUTRAL: "neutral",
+    Verdict.UNUSED: "unused",
+}
+_LIMIT_KINDS = {"rpm": "rpm", "tpm": "tpm", "fly": "max_in_flight"}
+
+
+def _import_redis() -> Any:
+    try:
+        import redis
+    except ImportError:
+        raise ConfigError(
+            "the redis backend needs the redis client library: pip install 'provhub[redis]'",
+            key="state.backend",
+        ) from None
+    return redis
+
+
+def _shown(url: str) -> str:
+    """The URL without user information, for events."""
+    parts = urlsplit(url)
+    host = parts.hostname or ""
+    if parts.port is not None:
+        host = f"{host}:{parts.port}"
+    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+
+
+def _scopes_arg(scopes: Sequence[Scope]) -> list[dict[str, Any]]:
+    return [
+        {
+            "k": scope.key,
+            "rpm": scope.limits.rpm or 0,
+            "tpm": scope.limits.tpm or 0,
+            "fly": scope.limits.max_in_flight or 0,
+        }
+        for scope in scopes
+    ]
+
+
+def _finish_arg(lease: Lease, outcome: Outcome) -> dict[str, Any]:
+    return {
+        "id": lease.id,
+        "p": lease.provider,
+        "sc": _scopes_arg(lease.scopes),
+        "n": lease.tokens,
+        "v": _VERDICT_CODES[outcome.verdict],
+        "ttft": -1 if outcome.ttft is None else outcome.ttft,
+        "tok": -1 if outcome.tokens is None else max(0, outcome.tokens),
+        "cd": outcome.cooldown or 0,
+    }
+
+
+def _listed(value: Any) -> list[Any]:
+    # cjson encodes an empty Lua table as {}: an empty list.
+    return value if isinstance(value, list) else []
+
+
+class RedisStateStore:
+    """A :class:`~provhub._state.StateStore` shared through Redis.
+
+    ``RedisStateStore(config, threshold=5, cooldown=30.0, emit=None)``: ``config``
+    is the ``[state]`` table; ``emit(level, event, fields)`` receives
+    ``state.degraded``/``state.restored``. ``window`` (seconds of the rate
+    window) and ``clock`` (of the local fallback) are for tests.
+    """
+
+    def __init__(
+        self,
+        config: StateConfig,
+        *,
+        threshold: int = 5,
+        cooldown: float = 30.0,
+        emit: EmitFn | None = None,
+        window: float = WINDOW,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        redis = _import_redis()
+        from redis.backoff import NoBackoff
+        from redis.retry import Retry
+
+        self._local = MemoryStateStore(
+            threshold=threshold, cooldown=cooldown, clock=clock, window=window
+        )
+        self.health = self._local.health
+        self.url = _shown(config.url)
+        password = os.environ.get(config.password_env) if config.password_env else None
+        self._client = redis.Redis.from_url(
+            config.url,
+            password=password,
+            socket_timeout=config.timeout,
+            socket_connect_timeout=config.connect_timeout,
+            # No client-side retries: a failed call degrades to local state at
+            # once instead of multiplying the timeout.
+            retry=Retry(NoBackoff(), 0),
+            health_check_interval=0,
+        )
+        self._script = self._client.register_script(_SCRIPT)
+        self._snapshot = self._client.register_script(_SNAPSHOT)
+        self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, ValueError)
+        self._base = {
+            "p": f"{config.prefix}:",
+            "w": window,
+            "th": threshold,
+            "cd": cooldown,
+        }
+        self._retry_interval = config.retry_interval
+        self._emit = emit
+        self._lock = threading.Lock()
+        self._degraded_at: float | None = None
+        self._retry_at = 0.0
+
+    @property
+    def degraded(self) -> bool:
+        """Whether the store is serving from local state (Redis unreachable)."""
+        return self._degraded_at is not None
+
+    # -- one round trip, or None when Redis cannot be used -------------------
+
+    def _call(self, script: Any, args: Sequence[Any]) -> Any:
+        if self._degraded_at is not None:
+            with self._lock:
+                now = time.monotonic()
+                if self._degraded_at is not None:
+                    if now < self._retry_at:
+                        return None
+                    # This caller probes Redis; the others stay local meanwhile.
+                    self._retry_at = now + self._retry_interval
+        try:
+            data = json.loads(script(args=args))
+        except self._errors as exc:
+            self._degrade(exc)
+            return None
+        if self._degraded_at is not None:
+            self._restore()
+        return data
+
+    def _degrade(self, exc: BaseException) -> None:
+        with self._lock:
+            first = self._degraded_at is None
+            now = time.monotonic()
+            if first:
+                self._degraded_at = now
+            self._retry_at = now + self._retry_interval
+        if first and self._emit is not None:
+            text = str(exc).splitlines()[0][:160] if str(exc) else ""
+            self._emit(
+                WARNING,
+                "state.degraded",
+                {
+                    "backend": "redis",
+                    "url": self.url,
+                    "error": f"{type(exc).__name__}: {text}" if text else type(exc).__name__,
+                    "retry_in": self._retry_interval,
+                },
+            )
+
+    def _restore(self) -> None:
+        with self._lock:
+            since = self._degraded_at
+            self._degraded_at = None
+        if since is not None and self._emit is not None:
+            self._emit(
+                INFO,
+                "state.restored",
+                {
+                    "backend": "redis",
+                    "url": self.url,
+                    "degraded_s": round(time.monotonic() - since, 3),
+                },
+            )
+
+    # -- the protocol -------------------------------------------------------
+
+    def _local_refusals(self, slots: Sequence[Slot]) -> dict[int, Skip]:
+        """This hub's own breakers (auth failures; state from a degraded spell)."""
+        health = self.health
+        refusals: dict[int, Skip] = {}
+        if not health._providers:
+            return refusals
+        for index, slot in enumerate(slots):
+            reason = health.exclusion(slot.name)
+            if reason is not None:
+                refusals[index] = Skip(index, reason, health.open_remaining(slot.name), False)
+        return refusals
+
+    def _request(
+        self,
+        slots: Sequence[Slot],
+        *,
+        tokens: int,
+        ttl: float,
+        order: str | None,
+        retry: bool,
+        take: bool,
+        check_all: bool,
+        finish: tuple[Lease, Outcome] | None,
+        lease: str,
+    ) -> Any:
+        request: dict[str, Any] = {
+            **self._base,
+            "ttl": ttl,
+            "n": tokens,
+            "id": lease,
+            "a": 1 if take else 0,
+            "all": 1 if check_all else 0,
+            "rt": 1 if retry else 0,
+            "ob": order or "",
+            "s": [{"p": slot.name, "sc": _scopes_arg(slot.scopes)} for slot in slots],
+        }
+        if finish is not None:
+            request["f"] = _finish_arg(*finish)
+        return self._call(self._script, [json.dumps(request, separators=(",", ":"))])
+
+    def _decide(
+        self,
+        slots: Sequence[Slot],
+        *,
+        tokens: int,
+        ttl: float,
+        order: str | None,
+        retry: bool,
+        take: bool,
+        check_all: bool,
+        finish: tuple[Lease, Outcome] | None,
+    ) -> Acquired:
+        local_transitions: tuple[tuple[str, str], ...] = ()
+        if finish is not None and (finish[0].local or finish[0].done):
+            local_transitions = self._finish_here(*finish)
+            finish = None
+        refused = self._local_refusals(slots)
+        sent = [i for i in range(len(slots)) if i not in refused]
+        lease = lease_id()
+        # What this hub refuses on its own is not sent: the script never admits it.
+        data = self._request(
+            [slots[i] for i in sent],
+            tokens=tokens,
+            ttl=ttl,
+            order=order,
+            retry=retry,
+            take=take,
+            check_all=check_all,
+            finish=finish,
+            lease=lease,
+        )
+        if data is None:
+            if finish is not None:
+                finish[0].done = True
+                self._local.record(finish[0].provider, finish[1])
+            if take:
+                got = self._local.acquire(
+                    slots, tokens=tokens, ttl=ttl, order=order, retry=retry, check_all=check_all
+                )
+            else:
+                got = self._local.check(slots, tokens=tokens, order=order)
+            return Acquired(
+                got.lease, got.index, got.skipped, got.order, local_transitions + got.transitions
+            )
+        if finish is not None:
+            finish[0].done = True
+            self._mirror(finish[0].provider, finish[1])
+        skipped = [self._skip(sent[s[0]], slots[sent[s[0]]], s, tokens) for s in _listed(data["s"])]
+        skipped.extend(refused.values())
+        skipped.sort(key=lambda skip: skip.index)
+        order_used = tuple(sent[i] for i in _listed(data["o"])) + tuple(refused)
+        chosen = data["c"]
+        admitted: Lease | None = None
+        index: int | None = None
+        if chosen >= 0:
+            index = sent[chosen]
+            slot = slots[index]
+            admitted = Lease(lease, slot.name, slot.scopes, tokens, local=False)
+        transitions = local_transitions + tuple((t[0], t[1]) for t in _listed(data["t"]))
+        return Acquired(admitted, index, tuple(skipped), order_used, transitions)
+
+    @staticmethod
+    def _skip(index: int, slot: Slot, row: Sequence[Any], tokens: int) -> Skip:
+        _, code, limit, used, retry_after, scope_no = row
+        after = None if retry_after < 0 else float(retry_after)
+        if code == "open":
+            return Skip(index, open_reason(int(limit), after or 0.0), after, False)
+        if code == "trial":
+            return Skip(index, TRIAL_REASON, None, False)
+        if code == "cool":
+            return Skip(index, cooldown_reason(after or 0.0), after, True)
+        scope = slot.scopes[int(scope_no) - 1]
+        reason = limit_reason(_LIMIT_KINDS[code], scope, int(limit), int(used), tokens, after)
+        return Skip(index, reason, after, True)
+
+    def _mirror(self, name: str, outcome: Outcome) -> None:
+        """Keep this hub's own breaker: auth failures, and closing it on success."""
+        verdict = outcome.verdict
+        if verdict is Verdict.LOCAL_FAILURE:
+            self.health.failure(name)
+        elif verdict is Verdict.SUCCESS and name in self.health._providers:
+            self.health.success(name)
+
+    def _finish_here(self, lease: Lease, outcome: Outcome) -> tuple[tuple[str, str], ...]:
+        if lease.local:
+            return self._local.finish(lease, outcome)
+        return ()
+
+    def check(self, slots: Sequence[Slot], *, tokens: int, order: str | None = None) -> Acquired:
+        """Which candidates would be admitted now (one round trip), taking nothing."""
+        return self._decide(
+            slots,
+            tokens=tokens,
+            ttl=1.0,
+            order=order,
+            retry=False,
+            take=False,
+            check_all=True,
+            finish=None,
+        )
+
+    def acquire(
+        self,
+        slots: Sequence[Slot],
+        *,
+        tokens: int,
+        ttl: float,
+        order: str | None = None,
+        retry: bool = False,
+        check_all: bool = False,
+        finish: tuple[Lease, Outcome] | None = None,
+    ) -> Acquired:
+        """Finish ``finish`` and admit the first candidate with room, in one round trip."""
+        return self._decide(
+            slots,
+            tokens=tokens,
+            ttl=ttl,
+            order=order,
+            retry=retry,
+            take=True,
+            check_all=check_all,
+            finish=finish,
+        )
+
+    def finish(self, lease: Lease, outcome: Outcome) -> tuple[tuple[str, str], ...]:
+        """End an attempt (one round trip; local for a lease taken while degraded)."""
+        if lease.done:
+            return ()
+        if lease.local:
+            return self._local.finish(lease, outcome)
+        request = {**self._base, "ttl": 1.0, "n": 0, "id": "", "a": 0, "all": 0, "rt": 0}
+        request.update(ob="", s=[], f=_finish_arg(lease, outcome))
+        data = self._call(self._script, [json.dumps(request, separators=(",", ":"))])
+        lease.done = True
+        if data is None:
+            transition = self._local.record(lease.provider, outcome)
+            return ((transition, lease.provider),) if transition else ()
+        self._mirror(lease.provider, outcome)
+        return tuple((t[0], t[1]) for t in _listed(data["t"]))
+
+    def snapshot(self, names: Sequence[str]) -> dict[str, dict[str, object]]:
+        """Every named provider's shared breaker and statistics (one round trip)."""
+        data = self._call(self._snapshot, [self._base["p"], *names]) if names else None
+        if data is None:
+            return self._local.snapshot(names)
+        states = {"c": "closed", "o": "open", "h": "half_open"}
+        result: dict[str, dict[str, object]] = {}
+        cooldown = self._base["cd"]
+        for name, state, failures, opened_ago, ttft, in_flight in _listed(data):
+            shown = states.get(state, "closed")
+            if shown == "open" and opened_ago >= cooldown:
+                shown = "half_open"
+            result[name] = {
+                "state": shown,
+                "consecutive_failures": int(failures),
+                "ttft_ms": None if ttft < 0 else round(ttft * 1000, 3),
+                "in_flight": int(in_flight),
+            }
+        return result
+
+    def close(self) -> None:
+        """Close the Redis connections (they reopen on the next call)."""
+        with contextlib.suppress(*self._errors):
+            self._client.close()
