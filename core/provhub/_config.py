@@ -25,6 +25,7 @@ __all__ = [
     "Price",
     "ProviderConfig",
     "RouterConfig",
+    "StateBackend",
     "StateConfig",
     "Strategy",
     "Timeouts",

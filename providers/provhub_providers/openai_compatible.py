@@ -14,7 +14,10 @@ from provhub import (
     AbstractProvider,
     Capability,
     CreateResult,
+    FailureKind,
     Messages,
+    ProviderError,
+    kind_of_error_code,
     parse_chat_completion,
     parse_chat_stream,
     provider_call,
@@ -51,6 +54,8 @@ class OpenAICompatible(AbstractProvider):
         default_model: str | None = None,
         capabilities: Capability = Capability.NONE,
         model_capabilities: Mapping[str, Capability] | None = None,
+        context_window: int | None = None,
+        context_windows: Mapping[str, int] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -69,6 +74,8 @@ class OpenAICompatible(AbstractProvider):
         self.supports_structured_output = Capability.STRUCTURED_OUTPUT in capabilities
         self.supports_reasoning = Capability.REASONING in capabilities
         self.model_capabilities = dict(model_capabilities or {})
+        windows = dict.fromkeys(self.models, context_window) if context_window else {}
+        self.context_windows = {**windows, **(context_windows or {})}
 
     @classmethod
     def from_config(cls, name: str, table: dict[str, Any]) -> OpenAICompatible:
@@ -93,6 +100,13 @@ class OpenAICompatible(AbstractProvider):
                     table.pop("model_capabilities", {}), "model_capabilities"
                 ).items()
             },
+            context_window=_window(table.pop("context_window", None), "context_window"),
+            context_windows={
+                model: _window(size, f"context_windows.{model}")
+                for model, size in _mapping(
+                    table.pop("context_windows", {}), "context_windows", "token counts"
+                ).items()
+            },
         )
         if table:
             raise ValueError(f"unknown key {sorted(table)[0]!r} for type 'openai-compatible'")
@@ -112,26 +126,52 @@ class OpenAICompatible(AbstractProvider):
         payload.update((k, v) for k, v in kwargs.items() if k not in _PASSTHROUGH_SKIP)
         if stream:
             payload.setdefault("stream_options", {"include_usage": True})
-        with provider_call() as call:
-            headers = dict(self.headers)
-            key = call.api_key(self.api_key_env)
-            if key:
-                headers["authorization"] = f"Bearer {key}"
-            url = call.base_url(self.url) + "/chat/completions"
-            if stream:
-                events = call.stream_sse(url, payload, headers=headers, provider=self.name)
-                try:
-                    yield from parse_chat_stream(events, self.name, markers=call.markers)
-                finally:
-                    events.close()
-            else:
-                answer = call.post_json(url, payload, headers=headers, provider=self.name)
-                yield from parse_chat_completion(answer, self.name, markers=call.markers)
+        try:
+            with provider_call() as call:
+                headers = dict(self.headers)
+                key = call.api_key(self.api_key_env)
+                if key:
+                    headers["authorization"] = f"Bearer {key}"
+                url = call.base_url(self.url) + "/chat/completions"
+                if stream:
+                    events = call.stream_sse(url, payload, headers=headers, provider=self.name)
+                    try:
+                        yield from parse_chat_stream(events, self.name, markers=call.markers)
+                    finally:
+                        events.close()
+                else:
+                    answer = call.post_json(url, payload, headers=headers, provider=self.name)
+                    yield from parse_chat_completion(answer, self.name, markers=call.markers)
+        except ProviderError as exc:
+            _classify(exc)
+            raise
 
 
-def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+# Kinds that say retrying the same request cannot help.
+_FINAL_KINDS = frozenset({FailureKind.CONTEXT_LENGTH, FailureKind.CONTENT_POLICY, FailureKind.AUTH})
+
+
+def _classify(error: ProviderError) -> None:
+    """Set the failure kind from the upstream's error code/type, where it names one."""
+    kind = kind_of_error_code(error.code, error.error_type)
+    if kind is None:
+        return
+    error.kind = kind
+    if kind in _FINAL_KINDS:
+        error.retryable = False
+
+
+def _mapping(value: Any, key: str, what: str = "capability names") -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ValueError(f"{key} must be a table of model id -> capability names")
+        raise ValueError(f"{key} must be a table of model id -> {what}")
+    return value
+
+
+def _window(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive number of tokens, got {value!r}")
     return value
 
 
