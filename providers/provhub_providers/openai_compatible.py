@@ -100,7 +100,11 @@ class OpenAICompatible(AbstractProvider):
                     table.pop("model_capabilities", {}), "model_capabilities"
                 ).items()
             },
-            context_window=_window(table.pop("context_window", None), "context_window"),
+            context_window=(
+                None
+                if (window := table.pop("context_window", None)) is None
+                else _window(window, "context_window")
+            ),
             context_windows={
                 model: _window(size, f"context_windows.{model}")
                 for model, size in _mapping(
@@ -167,9 +171,7 @@ def _mapping(value: Any, key: str, what: str = "capability names") -> Mapping[st
     return value
 
 
-def _window(value: Any, key: str) -> int | None:
-    if value is None:
-        return None
+def _window(value: Any, key: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise ValueError(f"{key} must be a positive number of tokens, got {value!r}")
     return value
