@@ -86,9 +86,7 @@ def main() -> None:
         elif op == "health":
             answer = hub.health()
         elif op == "burst":
-            answer = burst(
-                hub, command["model"], command["n"], command["threads"], command["at"]
-            )
+            answer = burst(hub, command["model"], command["n"], command["threads"], command["at"])
         else:
             answer = {"error": f"unknown op {op!r}"}
         print(json.dumps(answer), flush=True)
