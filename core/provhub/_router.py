@@ -18,7 +18,7 @@ import os
 import random
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from provhub._config import GroupConfig, GroupMember, ProviderConfig, RouterConfig, Strategy
 from provhub._errors import FailureKind, ModelNotFoundError, ProviderError
@@ -177,6 +177,9 @@ class Router:
         self.groups: Mapping[str, GroupConfig] = dict(groups or {})
         self.rng = rng or random.Random()
         self._rr = itertools.count()
+        self._priorities = {k: v.priority for k, v in self.provider_settings.items() if v.priority}
+        self._cache: dict[str, tuple[tuple[ProviderInfo, ...], tuple[_Entry, ...]]] = {}
+        self._group_cache: dict[str, tuple[int, tuple[_Entry, ...]]] = {}
         # The limit scopes, built once: a plan reuses them.
         self._provider_scopes: dict[str, tuple[Scope, ...]] = {}
         for key, table in self.provider_settings.items():
@@ -228,30 +231,35 @@ class Router:
     ) -> StaticPlan:
         """The plan from configuration and the registry alone, before live state."""
         group = self.groups.get(model)
+        if group is None:
+            entries = self._entries(model)
+            strategy = strategy or self.settings.strategy
+        else:
+            entries = self._group_entries(group)
+            strategy = strategy or group.strategy
         candidates: list[Candidate] = []
         excluded: list[tuple[str, str]] = []
         wanted = only.lower() if only else None
-        if group is not None:
-            self._group_candidates(group, required, wanted, tokens, candidates, excluded)
-            strategy = strategy or group.strategy
-        else:
-            serving = self.registry.serving(model)
-            if not serving:
-                raise self._not_found(model)
-            scopes = self._provider_scopes
-            for info in serving:
-                key = info.name.lower()
-                if wanted is not None and key != wanted:
-                    continue
-                candidate = Candidate(
-                    info, model, scopes.get(key, ()), context_window=info.context_window_for(model)
-                )
-                reason = self._exclusion(candidate, required, tokens)
-                if reason is None:
-                    candidates.append(candidate)
-                else:
-                    excluded.append((info.name, reason))
-            strategy = strategy or self.settings.strategy
+        none = Capability.NONE
+        for entry in entries:
+            candidate = entry.candidate
+            if wanted is not None and entry.key != wanted:
+                continue
+            reason = entry.reason
+            if reason is None:
+                if required is not none and required & ~entry.capabilities:
+                    reason = _lacking(candidate, required, entry.capabilities)
+                elif tokens and entry.window is not None and tokens > entry.window:
+                    reason = (
+                        f"context window {entry.window} tokens is too small "
+                        f"(the request needs about {tokens})"
+                    )
+                elif entry.needs_auth:
+                    reason = credentials_missing(candidate.info, entry.settings)
+            if reason is None:
+                candidates.append(candidate)
+            else:
+                excluded.append((entry.label, reason))
         if wanted is not None and not candidates and not excluded:
             excluded.append((only or "", f"does not serve model {model!r} or is not registered"))
         order: str | None = None
@@ -268,33 +276,77 @@ class Router:
             order,
         )
 
-    def _group_candidates(
-        self,
-        group: GroupConfig,
-        required: Capability,
-        wanted: str | None,
-        tokens: int,
-        candidates: list[Candidate],
-        excluded: list[tuple[str, str]],
-    ) -> None:
+    def _entries(self, model: str) -> tuple[_Entry, ...]:
+        """The candidates of a plain model with what never changes, cached.
+
+        The registry replaces a model's tuple when a provider is added, so the
+        cache is valid while it holds the same tuple (checked by identity).
+        """
+        serving = self.registry.serving(model)
+        cached = self._cache.get(model)
+        if cached is not None and cached[0] is serving:
+            return cached[1]
+        if not serving:
+            raise self._not_found(model)
         scopes = self._provider_scopes
+        entries = tuple(
+            self._entry(
+                Candidate(
+                    info,
+                    model,
+                    scopes.get(info.name.lower(), ()),
+                    context_window=info.context_window_for(model),
+                )
+            )
+            for info in serving
+        )
+        self._cache[model] = (serving, entries)
+        return entries
+
+    def _group_entries(self, group: GroupConfig) -> tuple[_Entry, ...]:
+        """A group's members as candidates, cached until another provider registers."""
+        version = len(self.registry)
+        cached = self._group_cache.get(group.name)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        scopes = self._provider_scopes
+        entries: list[_Entry] = []
         for index, member in enumerate(group.members):
             key = member.provider.lower()
-            if wanted is not None and key != wanted:
-                continue
             info = self.registry.get(member.provider)
-            if info is None:
-                excluded.append((member.label, "provider is not registered"))
-                continue
-            if not info.serves(member.model):
-                excluded.append((member.label, f"provider does not serve model {member.model!r}"))
+            if info is None or not info.serves(member.model):
+                why = (
+                    "provider is not registered"
+                    if info is None
+                    else f"provider does not serve model {member.model!r}"
+                )
+                entries.append(_Entry(None, key, member.label, why))  # type: ignore[arg-type]
                 continue
             candidate = self._member(info, member, scopes.get(key, ()), group.name, index)
-            reason = self._exclusion(candidate, required, tokens)
-            if reason is None:
-                candidates.append(candidate)
-            else:
-                excluded.append((candidate.label, reason))
+            entries.append(self._entry(candidate))
+        result = tuple(entries)
+        self._group_cache[group.name] = (version, result)
+        return result
+
+    def _entry(self, candidate: Candidate) -> _Entry:
+        info = candidate.info
+        key = info.name.lower()
+        settings = self.provider_settings.get(key)
+        reason: str | None = None
+        if settings is not None and not settings.enabled:
+            reason = "disabled in config"
+        elif not info.flags["working"]:
+            reason = "not working (working = False)"
+        return _Entry(
+            candidate,
+            key,
+            candidate.label,
+            reason,
+            info.capabilities_for(candidate.model),
+            candidate.context_window,
+            bool(info.flags["needs_auth"]),
+            settings,
+        )
 
     def _member(
         self,
@@ -314,24 +366,6 @@ class Router:
             member=True,
         )
 
-    def _exclusion(self, candidate: Candidate, required: Capability, tokens: int) -> str | None:
-        info = candidate.info
-        model = candidate.model
-        settings = self.provider_settings.get(info.name.lower())
-        if settings is not None and not settings.enabled:
-            return "disabled in config"
-        if not info.flags["working"]:
-            return "not working (working = False)"
-        if required & ~(capabilities := info.capabilities_for(model)):
-            missing = ", ".join((required & ~capabilities).names())
-            if capabilities != info.capabilities:
-                return f"lacks capabilities for model {model!r}: {missing}"
-            return f"lacks capabilities: {missing}"
-        window = candidate.context_window
-        if window is not None and tokens > window:
-            return f"context window {window} tokens is too small (the request needs about {tokens})"
-        return credentials_missing(info, settings)
-
     def _order(
         self, candidates: list[Candidate], strategy: Strategy, group: bool
     ) -> tuple[list[Candidate], str | None]:
@@ -340,11 +374,10 @@ class Router:
         if strategy is Strategy.PRIORITY:
             if group:
                 return candidates, None  # the members' listed order
-            settings = self.provider_settings
-            priorities = [
-                (s.priority if (s := settings.get(c.name.lower())) is not None else 0)
-                for c in candidates
-            ]
+            known = self._priorities
+            if not known:
+                return candidates, None
+            priorities = [known.get(c.info.name.lower(), 0) for c in candidates]
             if any(priorities):
                 # Stable sort keeps registration order among equal priorities.
                 order = sorted(range(len(candidates)), key=lambda i: -priorities[i])
@@ -377,8 +410,27 @@ class Router:
         return ModelNotFoundError(model, get_close_matches(model, known, n=3, cutoff=0.6), known)
 
 
-@dataclass(frozen=True, slots=True)
-class StaticPlan:
+class _Entry(NamedTuple):
+    """A candidate with what planning checks and what never changes about it."""
+
+    candidate: Candidate
+    key: str
+    label: str
+    reason: str | None  # static: disabled, not working, not registered, not served
+    capabilities: Capability = Capability.NONE
+    window: int | None = None
+    needs_auth: bool = False
+    settings: ProviderConfig | None = None
+
+
+def _lacking(candidate: Candidate, required: Capability, capabilities: Capability) -> str:
+    missing = ", ".join((required & ~capabilities).names())
+    if capabilities != candidate.info.capabilities:
+        return f"lacks capabilities for model {candidate.model!r}: {missing}"
+    return f"lacks capabilities: {missing}"
+
+
+class StaticPlan(NamedTuple):
     """A plan before live state: what config and the registry allow, in order.
 
     ``order`` names the statistic the store orders by (``ttft``, ``in_flight``),
@@ -397,11 +449,17 @@ class StaticPlan:
     def applied(self, decided: Acquired) -> RoutePlan:
         """The plan after the store's decision: refused candidates move to ``excluded``."""
         candidates = self.candidates
-        skipped = {skip.index: skip.reason for skip in decided.skipped}
-        ordered = tuple(candidates[i] for i in decided.order if i not in skipped)
-        excluded = self.excluded + tuple(
-            (candidates[skip.index].label, skip.reason) for skip in decided.skipped
-        )
+        excluded = self.excluded
+        if decided.skipped:
+            skipped = {skip.index for skip in decided.skipped}
+            ordered = tuple(candidates[i] for i in decided.order if i not in skipped)
+            excluded += tuple(
+                (candidates[skip.index].label, skip.reason) for skip in decided.skipped
+            )
+        elif self.order is None:
+            ordered = candidates  # the store kept the order given
+        else:
+            ordered = tuple(candidates[i] for i in decided.order)
         return RoutePlan(
             self.model, self.required, self.strategy, ordered, excluded, self.group, self.tokens
         )

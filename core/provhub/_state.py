@@ -20,6 +20,7 @@ larger than the whole ``tpm`` limit is not refused forever.
 from __future__ import annotations
 
 import enum
+import itertools
 import os
 import threading
 import time
@@ -207,6 +208,17 @@ def limit_reason(
     return f"{who}max_in_flight limit {limit} reached ({used} in flight)"
 
 
+_IDENTITIES: dict[int, tuple[int, ...]] = {}
+
+
+def _identity(size: int) -> tuple[int, ...]:
+    """``tuple(range(size))``, made once per size."""
+    found = _IDENTITIES.get(size)
+    if found is None:
+        found = _IDENTITIES[size] = tuple(range(size))
+    return found
+
+
 class _Counters:
     """The sliding logs and in-flight count of one scope (memory store)."""
 
@@ -263,6 +275,7 @@ class MemoryStateStore:
         self.window = window
         self._lock = threading.Lock()
         self._counters: dict[str, _Counters] = {}
+        self._ids = itertools.count()
 
     def _now(self) -> float:
         # The breakers' clock, so a test that moves it moves the windows too.
@@ -289,6 +302,13 @@ class MemoryStateStore:
     def _refusal(self, index: int, slot: Slot, now: float, tokens: int, retry: bool) -> Skip | None:
         name = slot.name
         health = self.health
+        known = health._providers.get(name)
+        if (
+            not slot.scopes
+            and (known is None or known.state is BreakerState.CLOSED)
+            and (retry or known is None or known.cooldown_until <= now)
+        ):
+            return None  # the common case, in one test
         if health.state(name) is not BreakerState.CLOSED:
             reason = health.exclusion(name)
             if reason is not None:
@@ -331,7 +351,8 @@ class MemoryStateStore:
         if transition:
             transitions.append((transition, name))
         self.health.begin(name)
-        lease = Lease(lease_id(), name, slot.scopes, tokens, local=True)
+        # In-process ids need only be unique here: a counter, not random bytes.
+        lease = Lease(str(next(self._ids)), name, slot.scopes, tokens, local=True)
         for scope in slot.scopes:
             counters = self._scope(scope.key)
             limits = scope.limits
@@ -359,7 +380,7 @@ class MemoryStateStore:
         transitions: list[tuple[str, str]],
     ) -> Acquired:
         now = self._now()
-        indexes = self._order(slots, order) if order else range(len(slots))
+        indexes = self._order(slots, order) if order else _identity(len(slots))
         skipped: list[Skip] = []
         lease: Lease | None = None
         chosen: int | None = None
