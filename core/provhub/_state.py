@@ -303,20 +303,16 @@ class MemoryStateStore:
         name = slot.name
         health = self.health
         known = health._providers.get(name)
-        if (
-            not slot.scopes
-            and (known is None or known.state is BreakerState.CLOSED)
-            and (retry or known is None or known.cooldown_until <= now)
-        ):
-            return None  # the common case, in one test
-        if health.state(name) is not BreakerState.CLOSED:
-            reason = health.exclusion(name)
-            if reason is not None:
-                return Skip(index, reason, health.open_remaining(name), False)
-        if not retry:
-            cooling = health.cooling(name)
-            if cooling is not None:
+        if known is not None:
+            if known.state is not BreakerState.CLOSED:
+                reason = health.exclusion(name)
+                if reason is not None:
+                    return Skip(index, reason, health.open_remaining(name), False)
+            if not retry and known.cooldown_until > now:
+                cooling = known.cooldown_until - now
                 return Skip(index, cooldown_reason(cooling), cooling, True)
+        if not slot.scopes:
+            return None
         for scope in slot.scopes:
             limits = scope.limits
             counters = self._counters.get(scope.key)

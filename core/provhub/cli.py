@@ -197,8 +197,8 @@ def _cmd_route(args: argparse.Namespace) -> int:
             f"model {plan.model}  strategy {plan.strategy}  required "
             f"{', '.join(plan.required.names()) or '-'}"
         )
-        for index, info in enumerate(plan.candidates, 1):
-            print(f"  {index}. {info.name}")
+        for index, candidate in enumerate(plan.candidates, 1):
+            print(f"  {index}. {candidate.label}")
         for name, reason in plan.excluded:
             print(f"  x  {name}: {reason}")
     return EXIT_OK if plan.candidates else EXIT_NO_PROVIDER
