@@ -391,17 +391,18 @@ class Router:
             self.rng.shuffle(shuffled)
             return shuffled, None
         if strategy is Strategy.WEIGHTED:
-            weights = [self._weight(c, group) for c in candidates]
+            if group:
+                weights = [c.weight for c in candidates]
+            else:
+                settings = self.provider_settings
+                weights = [
+                    s.weight if (s := settings.get(c.info.name.lower())) is not None else 1.0
+                    for c in candidates
+                ]
             return [candidates[i] for i in weighted_order(weights, self.rng)], None
         if strategy is Strategy.LATENCY:
             return candidates, "ttft"
         return candidates, "in_flight"
-
-    def _weight(self, candidate: Candidate, group: bool) -> float:
-        if group:
-            return candidate.weight
-        settings = self.provider_settings.get(candidate.name.lower())
-        return settings.weight if settings is not None else 1.0
 
     def _not_found(self, model: str) -> ModelNotFoundError:
         from difflib import get_close_matches
