@@ -8,6 +8,7 @@ one JSON answer line:
 - ``{"op": "complete", "model": M}`` -> ``{"provider": P}`` or ``{"error": TYPE, ...}``
 - ``{"op": "route", "model": M}`` -> the plan's ``as_dict()``
 - ``{"op": "health"}`` -> ``hub.health()``
+- ``{"op": "open", "model": M}`` -> starts a stream and keeps it, unread: ``{"opened": true}``
 - ``{"op": "burst", "model": M, "n": N, "threads": T, "at": UNIX_TIME}`` -> N requests
   from T threads starting together at ``at``: ``{"ok": K, "limited": L, "other": O}``
 - ``{"op": "quit"}``
@@ -73,6 +74,7 @@ def main() -> None:
     for name, base_url, models in json.loads(sys.argv[2]):
         hub.register(OpenAICompatible(name, base_url, models))
     print(json.dumps({"ready": True}), flush=True)
+    streams: list[Any] = []
     for line in sys.stdin:
         command = json.loads(line)
         op = command["op"]
@@ -85,6 +87,9 @@ def main() -> None:
             answer = hub.route(command["model"]).as_dict()
         elif op == "health":
             answer = hub.health()
+        elif op == "open":
+            streams.append(hub.stream(command["model"], HI))
+            answer = {"opened": True}
         elif op == "burst":
             answer = burst(hub, command["model"], command["n"], command["threads"], command["at"])
         else:

@@ -173,6 +173,26 @@ def test_two_processes_share_one_rpm_limit_exactly(
     assert len(upstream.requests) == 25
 
 
+def test_a_crashed_process_gives_its_in_flight_slot_back_when_its_deadline_passes(
+    redis_server: RedisServer, upstream: FakeUpstream, workers: list[Worker]
+) -> None:
+    router = {**ROUTER, "timeouts": {"connect": 1, "first_token": 1, "idle": 1, "total": 1}}
+    config = {**shared(redis_server, providers={"a": {"max_in_flight": 1}}), "router": router}
+    endpoints = [["a", upstream.base_url, ["m"]]]
+    doomed, survivor = Worker(config, endpoints), Worker(config, endpoints)
+    workers += [doomed, survivor]
+    assert doomed.ask(op="open", model="m") == {"opened": True}
+    doomed.process.kill()  # no finish: its lease stays in Redis
+    doomed.process.wait()
+    refused = survivor.ask(op="complete", model="m")
+    assert refused["error"] == "RateLimitedError"
+    # The lease expires at the request's deadline (1 s) plus 5 s.
+    deadline = time.monotonic() + 15
+    while survivor.ask(op="complete", model="m") != {"provider": "a"}:
+        assert time.monotonic() < deadline, "the dead process's slot never came back"
+        time.sleep(0.25)
+
+
 def test_latency_statistics_are_shared(
     redis_server: RedisServer, upstream: FakeUpstream, workers: list[Worker]
 ) -> None:

@@ -467,7 +467,7 @@ class RedisStateStore:
                     self._retry_at = now + self._retry_interval
         try:
             data = json.loads(self._evaluate(script, args))
-        except self._errors as exc:
+        except Exception as exc:  # whatever Redis or the client does, a request goes on
             self._degrade(exc)
             return None
         if self._degraded_at is not None:
