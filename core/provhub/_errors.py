@@ -203,8 +203,13 @@ class ProviderError(ProvhubError):
 
     def __str__(self) -> str:
         who = f"provider {self.provider!r}: " if self.provider else ""
+        # The transport's messages already name the status and quote the upstream's
+        # own message ("HTTP 401 Unauthorized from host: Incorrect API key"): say each once.
+        detail = self.detail
         status = f" (HTTP {self.status})" if self.status is not None else ""
-        body = f"; body: {self.body!r}" if self.body else ""
+        if f"HTTP {self.status}" in detail:
+            status = ""
+        body = f"; body: {self.body!r}" if self.body and self.body not in detail else ""
         return f"{who}{self.detail}{status}{body}"
 
 
@@ -285,11 +290,21 @@ class AllProvidersFailedError(ProvhubError):
     def __init__(self, model: str, attempts: Sequence[Attempt]) -> None:
         self.model = model
         self.attempts = tuple(attempts)
+        # Retries of one provider usually fail alike: "#1-#3 Lockchat: ..." says it once.
+        runs: list[tuple[int, int, str]] = []
+        for a in self.attempts:
+            text = (
+                f"{a.provider}: {a.error_type}"
+                + (f" HTTP {a.status}" if a.status is not None else "")
+                + (f" ({a.error})" if a.error else "")
+            )
+            if runs and runs[-1][2] == text and runs[-1][1] == a.number - 1:
+                runs[-1] = (runs[-1][0], a.number, text)
+            else:
+                runs.append((a.number, a.number, text))
         lines = "; ".join(
-            f"#{a.number} {a.provider}: {a.error_type}"
-            + (f" HTTP {a.status}" if a.status is not None else "")
-            + (f" ({a.error})" if a.error else "")
-            for a in self.attempts
+            (f"#{first}" if first == last else f"#{first}-#{last}") + f" {text}"
+            for first, last, text in runs
         )
         super().__init__(f"all providers failed for model {model!r}: {lines}")
 
