@@ -29,6 +29,8 @@ PROVIDER_KEYS = {
     "model_capabilities",
     "default_model",
     "source",
+    "url_env",
+    "models_path",
 }
 PLUGIN_KEYS = {
     "name",

@@ -127,32 +127,46 @@ class PluginLoadError(ProvhubError):
 class ModelNotFoundError(ProvhubError, LookupError):
     """No registered provider serves the model.
 
-    Attributes: ``model``, ``suggestions`` (close model ids), ``available`` (all ids).
+    Attributes: ``model``, ``suggestions`` (close model ids), ``available`` (all ids),
+    ``hint`` (further advice, such as disabled plugins that may serve the model, or "").
     """
 
-    def __init__(self, model: str, suggestions: Sequence[str], available: Sequence[str]) -> None:
+    def __init__(
+        self,
+        model: str,
+        suggestions: Sequence[str],
+        available: Sequence[str],
+        *,
+        hint: str = "",
+    ) -> None:
         self.model = model
         self.suggestions = tuple(suggestions)
         self.available = tuple(available)
-        hint = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if suggestions else ""
+        self.hint = hint
+        close = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if suggestions else ""
         shown = ", ".join(self.available[:20]) + (" ..." if len(self.available) > 20 else "")
         super().__init__(
-            f"no provider serves model {model!r}{hint} "
+            f"no provider serves model {model!r}{close} "
             f"(known models: {shown or 'none, no provider is registered'})"
+            + (f"; {hint}" if hint else "")
         )
 
 
 class NoProviderError(ProvhubError):
     """Some providers serve the model but none qualifies for this request.
 
-    Attributes: ``model``, ``excluded`` (mapping provider name -> reason).
+    Attributes: ``model``, ``excluded`` (mapping provider name -> reason), ``hint``
+    (further advice, such as disabled plugins that may serve the model, or "").
     """
 
-    def __init__(self, model: str, excluded: dict[str, str]) -> None:
+    def __init__(self, model: str, excluded: dict[str, str], *, hint: str = "") -> None:
         self.model = model
         self.excluded = dict(excluded)
+        self.hint = hint
         reasons = "; ".join(f"{name}: {why}" for name, why in self.excluded.items())
-        super().__init__(f"no provider qualifies for model {model!r}: {reasons}")
+        super().__init__(
+            f"no provider qualifies for model {model!r}: {reasons}" + (f"; {hint}" if hint else "")
+        )
 
 
 class FailureKind(enum.StrEnum):

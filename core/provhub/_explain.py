@@ -17,7 +17,7 @@ from __future__ import annotations
 import enum
 import errno
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -140,9 +140,7 @@ def cause_of(exc: BaseException) -> tuple[Cause, BaseException]:
             return Cause.UNREACHABLE, link
     for link in links:
         # urllib3 makes "cannot connect" a subclass of "connect timed out".
-        if isinstance(link, u3.ConnectTimeoutError) and not isinstance(
-            link, u3.NewConnectionError
-        ):
+        if isinstance(link, u3.ConnectTimeoutError) and not isinstance(link, u3.NewConnectionError):
             return Cause.CONNECT_TIMEOUT, link
     if (found := first(ConnectionResetError, BrokenPipeError)) is not None:
         return Cause.RESET, found
@@ -288,21 +286,25 @@ def endpoint_of(
     key_env = (settings.api_key_env if settings else None) or getattr(
         info.provider, "api_key_env", None
     )
-    common = {
-        "url_env": url_env,
-        "config_path": config_path,
-        "key_env": key_env,
-        "key_set": bool(key_env and env.get(key_env)),
-        "needs_auth": info.needs_auth,
-    }
     if settings is not None and settings.url:
         # A ``type`` table creates the provider from its url: that is config too.
-        return Endpoint(info.name, settings.url.rstrip("/"), "config", **common)
-    if url_env and env.get(url_env):
-        return Endpoint(info.name, env[url_env].rstrip("/"), "env", **common)
-    if info.url:
-        return Endpoint(info.name, info.url.rstrip("/"), "default", **common)
-    return Endpoint(info.name, None, "none", **common)
+        url, origin = settings.url, "config"
+    elif url_env and env.get(url_env):
+        url, origin = env[url_env], "env"
+    elif info.url:
+        url, origin = info.url, "default"
+    else:
+        url, origin = None, "none"
+    return Endpoint(
+        info.name,
+        url.rstrip("/") if url else None,
+        origin,
+        url_env=url_env,
+        config_path=config_path,
+        key_env=key_env,
+        key_set=bool(key_env and env.get(key_env)),
+        needs_auth=info.needs_auth,
+    )
 
 
 def url_words(endpoint: Endpoint) -> str:
@@ -395,6 +397,8 @@ def failure_line(
     Attempts of one provider are folded (``Lockchat (3 attempts)``); the last
     error of each provider is shown, since it is what finally failed.
     """
+    from provhub._errors import ProviderError
+
     endpoints = endpoints or {}
     order: list[str] = []
     by_provider: dict[str, list[Attempt]] = {}
@@ -404,8 +408,8 @@ def failure_line(
         if attempt.provider not in by_provider:
             order.append(attempt.provider)
         by_provider.setdefault(attempt.provider, []).append(attempt)
-    last_error = exc.__cause__
-    last_provider = getattr(last_error, "provider", None)
+    last_error = exc.__cause__ if isinstance(exc.__cause__, ProviderError) else None
+    last_provider = last_error.provider if last_error is not None else None
     sentences = [f"all providers failed for model {exc.model!r}"]
     for name in order:
         attempts = by_provider[name]
@@ -415,19 +419,8 @@ def failure_line(
         if last.status is not None and f"HTTP {last.status}" not in what:
             what = f"HTTP {last.status}: {what}"
         error = last_error if name == last_provider else None
-        step = next_step(endpoints.get(name), last, error)  # type: ignore[arg-type]
+        step = next_step(endpoints.get(name), last, error)
         sentences.append(f"{name}{count}: {what}" + (f". Next: {step}" if step else ""))
     if not order:
         sentences.append("no attempt was made (the deadline passed or the call was cancelled)")
     return ". ".join(s.rstrip(".") for s in sentences)
-
-
-def plugin_hint(disabled: Sequence[tuple[str, str]], unknown: Sequence[str]) -> str:
-    """A clause on disabled plugins that might serve a model, and names that match none."""
-    parts = []
-    if disabled:
-        shown = ", ".join(f"{name} ({why})" for name, why in disabled[:3])
-        more = f" and {len(disabled) - 3} more" if len(disabled) > 3 else ""
-        parts.append(f"disabled plugins may serve it: {shown}{more}")
-    parts += unknown
-    return "; ".join(parts)

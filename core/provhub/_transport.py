@@ -238,7 +238,9 @@ class Transport:
             secrets.add_headers(all_headers)
             raise UpstreamHTTPError(
                 secrets.mask(
-                    explain.http_failure(status, response.reason, _host(url), _excerpt(raw, secrets))
+                    explain.http_failure(
+                        status, response.reason, _host(url), _excerpt(raw, secrets)
+                    )
                 ),
                 response=response,
                 provider=provider,
