@@ -145,7 +145,7 @@ class ConfigSource:
             ConfigOrigin.WORKING_DIR: "found in the working directory",
             ConfigOrigin.USER_DIR: "found in the user config dir",
         }[self.origin]
-        return f"{self.path} ({how})"
+        return f"{Path(self.path or '').absolute()} ({how})"
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (event ``config.loaded``, ``provhub check --json``)."""

@@ -187,7 +187,9 @@ def connect_failure(exc: BaseException, url: str, *, connect_timeout: float | No
         return f"{where}: the host name does not resolve (no network, or a typo in the URL)"
     if cause is Cause.TLS:
         return f"TLS handshake with {host} failed: {_tls_words(link)}"
-    if cause is Cause.CONNECT_TIMEOUT:
+    if cause is Cause.CONNECT_TIMEOUT or (
+        cause is Cause.READ_TIMEOUT and connect_timeout is not None
+    ):
         limit = f" within {seconds(connect_timeout)}" if connect_timeout is not None else ""
         return f"{where}: no answer{limit} (the host is down, or a firewall drops the packets)"
     if cause is Cause.UNREACHABLE:
@@ -420,7 +422,12 @@ def failure_line(
             what = f"HTTP {last.status}: {what}"
         error = last_error if name == last_provider else None
         step = next_step(endpoints.get(name), last, error)
-        sentences.append(f"{name}{count}: {what}" + (f". Next: {step}" if step else ""))
+        sentences.append(f"{name}{count}: {_sentence(what)}" + (f". Next: {step}" if step else ""))
     if not order:
         sentences.append("no attempt was made (the deadline passed or the call was cancelled)")
-    return ". ".join(s.rstrip(".") for s in sentences)
+    return ". ".join(_sentence(s) for s in sentences)
+
+
+def _sentence(text: str) -> str:
+    """``text`` without its own final period (an ellipsis stays), to join sentences."""
+    return text[:-1] if text.endswith(".") and not text.endswith("...") else text
