@@ -346,13 +346,15 @@ def next_step(
         status = status if status is not None else error.status
     name = endpoint.provider if endpoint is not None else "the provider"
     where = url_words(endpoint) if endpoint is not None else ""
-    cause = None
+    cause = link = None
     if error is not None and error.__cause__ is not None:
-        cause = cause_of(error.__cause__)[0]
+        cause, link = cause_of(error.__cause__)
     if error_type == "CircuitOpen":
         return "it failed repeatedly; provhub tries it again after [router] breaker_cooldown"
     if error_type == "UpstreamConnectionError" or cause in (Cause.REFUSED, Cause.DNS):
         if cause is Cause.TLS:
+            if getattr(link, "reason", None) == "WRONG_VERSION_NUMBER":
+                return _join("if the server does not use TLS, write http:// in its URL", where)
             return (
                 "check the server's certificate (for a test server only: verify_tls = false "
                 f"in [providers.{name}])"
