@@ -101,9 +101,10 @@ def _links(exc: BaseException) -> Iterator[BaseException]:
             continue
         seen.add(id(link))
         yield link
-        reason = getattr(link, "reason", None)  # urllib3 MaxRetryError, ProxyError
-        nested = [a for a in getattr(link, "args", ()) if isinstance(a, BaseException)]
-        todo += [e for e in (link.__cause__, link.__context__, reason) if e is not None]
+        # urllib3's MaxRetryError keeps the cause in ``reason`` (ssl.SSLError's
+        # ``reason`` is a string: only exceptions are followed).
+        reason = getattr(link, "reason", None)
+        nested = [*getattr(link, "args", ()), link.__cause__, link.__context__, reason]
         todo += [e for e in nested if isinstance(e, BaseException)]
 
 
