@@ -130,7 +130,7 @@ def _bash(prog: str, top: list[_Option], commands: list[_Command]) -> str:
             value_cases.setdefault(key, _bash_values(key, option.kind, option.choices, prog))
     command_cases = []
     for command in commands:
-        words = _words([*command.options, *top])
+        words = _words(command.options)  # the common options are among them (parents)
         lines = [f"        {command.name})"]
         if command.positional_choices or command.positional_kind:
             body = _bash_reply(command.positional_kind, command.positional_choices, prog)
@@ -195,7 +195,7 @@ def _zsh(prog: str, top: list[_Option], commands: list[_Command]) -> str:
     top_specs = " \\\n        ".join(_zsh_spec(o, prog) for o in top)
     cases = []
     for command in commands:
-        specs = [_zsh_spec(o, prog) for o in [*command.options, *top]]
+        specs = [_zsh_spec(o, prog) for o in command.options]
         if command.positional_choices:
             specs.append(f"'*:argument:({' '.join(command.positional_choices)})'")
         elif command.positional_kind in ("models", "providers"):
@@ -285,7 +285,12 @@ def _fish(prog: str, top: list[_Option], commands: list[_Command]) -> str:
     lines += [_fish_option(prog, option, "") for option in top]
     for command in commands:
         condition = f"__fish_seen_subcommand_from {command.name}"
-        lines += [_fish_option(prog, option, condition) for option in command.options]
+        common = {tuple(o.flags) for o in top}  # complete everywhere already
+        lines += [
+            _fish_option(prog, option, condition)
+            for option in command.options
+            if tuple(option.flags) not in common
+        ]
         if command.positional_choices:
             choices = " ".join(command.positional_choices)
             lines.append(f"complete -c {prog} -n '{condition}' -x -a '{choices}'")

@@ -880,10 +880,27 @@ def _error_line(exc: BaseException, ctx: _Context) -> tuple[str, int]:
     return str(exc), EXIT_USAGE
 
 
+def _unrecognized(parser: argparse.ArgumentParser, command: str | None, extra: list[str]) -> None:
+    """Report unknown arguments from the command's own parser, with the closest option."""
+    from difflib import get_close_matches
+
+    target = parser
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            target = action.choices[command]
+    options = [o for a in target._actions for o in a.option_strings if a.help != argparse.SUPPRESS]
+    unknown = next((e for e in extra if e.startswith("-")), extra[0])
+    close = get_close_matches(unknown.split("=", 1)[0], options, n=1, cutoff=0.6)
+    hint = f"; did you mean {close[0]}?" if close and unknown.startswith("-") else ""
+    target.error(f"unrecognized arguments: {' '.join(extra)}{hint}")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the CLI; returns the exit code."""
     parser = _parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        _unrecognized(parser, args.command, extra)
     if args.command is None:
         # A bare 'provhub' asks what it can do: the help, and success.
         parser.print_help()
