@@ -143,10 +143,11 @@ def cause_of(exc: BaseException) -> tuple[Cause, BaseException]:
         # urllib3 makes "cannot connect" a subclass of "connect timed out".
         if isinstance(link, u3.ConnectTimeoutError) and not isinstance(link, u3.NewConnectionError):
             return Cause.CONNECT_TIMEOUT, link
-    if (found := first(ConnectionResetError, BrokenPipeError)) is not None:
-        return Cause.RESET, found
+    # RemoteDisconnected is a ConnectionResetError too: the clean close is told first.
     if (found := first(http.client.RemoteDisconnected, http.client.IncompleteRead)) is not None:
         return Cause.CLOSED, found
+    if (found := first(ConnectionResetError, BrokenPipeError)) is not None:
+        return Cause.RESET, found
     if (found := first(TimeoutError, u3.ReadTimeoutError)) is not None:
         return Cause.READ_TIMEOUT, found
     return Cause.OTHER, links[-1]
@@ -345,7 +346,12 @@ def next_step(
     if error is not None:
         error_type = error_type or type(error).__name__
         status = status if status is not None else error.status
-    name = endpoint.provider if endpoint is not None else "the provider"
+    if endpoint is not None:
+        name = endpoint.provider
+    elif attempt is not None:
+        name = attempt.provider
+    else:
+        name = (error.provider if error is not None else None) or "NAME"
     where = url_words(endpoint) if endpoint is not None else ""
     cause = link = None
     if error is not None and error.__cause__ is not None:
