@@ -57,6 +57,21 @@ class Cli:
             check=False,
         )
 
+    def terminal(self, *args: str, stdin: str = "", timeout: float = 60, **env: str) -> str:
+        """stdout and stderr in one stream, in the order a terminal shows them."""
+        done = subprocess.run(
+            [sys.executable, "-m", "provhub", *args],
+            input=stdin,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            env={**self.env, **env},
+            cwd=self.cwd,
+            timeout=timeout,
+            check=False,
+        )
+        return done.stdout
+
 
 def one_error_line(stderr: str) -> str:
     """The single ``provhub: error:`` line of ``stderr`` (asserting there is exactly one)."""

@@ -128,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
             78,
         ),
         epilog=f"{_EXIT_CODES}\n\nuser config file: {_user_config()}\n"
-        "'provhub COMMAND --help' describes a command; docs: docs/cli.md",
+        "'provhub COMMAND --help' describes a command",
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     _add_common(parser, top=True)
@@ -179,7 +179,7 @@ def _parser() -> argparse.ArgumentParser:
         "may cost money. Probes run at the same time, each within --timeout.",
     )
     check.add_argument(
-        "providers",
+        "provider",
         nargs="*",
         metavar="PROVIDER",
         help="providers to check (default: all registered)",
@@ -694,9 +694,9 @@ def _cmd_check(ctx: _Context) -> int:
     hub = ctx.hub(progress=True, retries=0)
     endpoints = _endpoints(hub)
     infos = hub.providers()
-    if args.providers:
+    if args.provider:
         known = {i.name.lower(): i for i in infos}
-        unknown = [n for n in args.providers if n.lower() not in known]
+        unknown = [n for n in args.provider if n.lower() not in known]
         if unknown:
             from difflib import get_close_matches
 
@@ -706,7 +706,7 @@ def _cmd_check(ctx: _Context) -> int:
                 f"no provider named {unknown[0]!r}{hint} (registered: "
                 f"{', '.join(i.name for i in infos) or 'none'})"
             )
-        infos = [known[n.lower()] for n in dict.fromkeys(args.providers)]
+        infos = [known[n.lower()] for n in dict.fromkeys(args.provider)]
     jobs = [(i, hub.config.provider(i.name), endpoints[i.name]) for i in infos]
     completion = (
         functools.partial(_check_completion, hub, args.timeout) if args.completion else None
@@ -714,7 +714,7 @@ def _cmd_check(ctx: _Context) -> int:
     probes = probe_all(jobs, timeout=args.timeout, completion=completion)
     source = hub.config.source
     plugin_problems = [
-        p for p in hub.plugins if str(p.status) in ("failed", "unknown") and not args.providers
+        p for p in hub.plugins if str(p.status) in ("failed", "unknown") and not args.provider
     ]
     failed = any(p.status is ProbeStatus.FAIL for p in probes) or bool(plugin_problems)
     code = EXIT_FAILED if failed else EXIT_OK if probes else EXIT_NO_PROVIDER
