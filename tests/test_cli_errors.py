@@ -336,3 +336,20 @@ def test_json_events_carry_config_loaded_with_its_fields(cli: Cli) -> None:
         "info",
     )
     assert loaded["searched"] == [str(cli.cwd / "provhub.toml")]
+
+
+def test_terminal_control_characters_from_the_upstream_are_shown_not_obeyed(
+    cli: Cli, upstream: FakeUpstream
+) -> None:
+    hostile = "\x1b[2J\x1b[31mYour key was revoked\x07"
+    upstream.default = Behaviour(status=400, body=error_body(hostile))
+    cli.config(endpoint_config(upstream.base_url, router="[router]\nretries = 0\n"))
+    result = cli("chat", "-m", "gpt-4o-mini", "hi", **{KEY_ENV: KEY})
+    line = one_error_line(result.stderr)
+    assert "\x1b" not in line
+    assert "\x07" not in line
+    assert "from 127.0.0.1:" in line
+    assert line.endswith(
+        ": \\x1b[2J\\x1b[31mYour key was revoked\\x07. Next: the server refused the request: "
+        "check the model id and the params"
+    )

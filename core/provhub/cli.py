@@ -367,6 +367,18 @@ def _table(headers: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
     return "\n".join(lines)
 
 
+_CONTROL = {c: f"\\x{c:02x}" for c in (*range(0x20), *range(0x7F, 0xA0))}
+
+
+def _printable(text: str) -> str:
+    """``text`` with control characters shown as ``\\xNN``.
+
+    Error lines quote what an upstream sent; a hostile one must not be able to
+    move the cursor, recolour or clear the user's terminal, or forge lines.
+    """
+    return text.translate(_CONTROL)
+
+
 def _hint(text: str) -> None:
     print(f"provhub: {text}", file=sys.stderr)
 
@@ -677,7 +689,7 @@ def _print_tail(
 ) -> None:
     # Tool calls and a refusal are the model's answer as much as its text: stdout.
     for call in tool_calls:
-        print(_format_tool_call(call))
+        print(_printable(_format_tool_call(call)))
     if refusal:
         print(f"refusal: {refusal}")
     if not text and not tool_calls and not refusal:
@@ -755,7 +767,7 @@ def _cmd_check(ctx: _Context) -> int:
             str(p.status),
             f"{p.elapsed_ms:.0f} ms" if p.elapsed_ms is not None else "-",
             p.endpoint.url or "(in-process)",
-            p.detail + (f". Next: {p.next_step}" if p.next_step else ""),
+            _printable(p.detail + (f". Next: {p.next_step}" if p.next_step else "")),
         ]
         for p in probes
     ]
@@ -945,7 +957,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             if isinstance(exc, errors.AllProvidersFailedError):
                 error["attempts"] = [dataclasses.asdict(a) for a in exc.attempts]
             print(json.dumps({"error": error}, ensure_ascii=False))
-        print(f"provhub: error: {line}", file=sys.stderr)
+        print(f"provhub: error: {_printable(line)}", file=sys.stderr)
         if args.verbose:
             cause = exc.__cause__
             while cause is not None:
