@@ -47,6 +47,14 @@ exit codes:
   4    all providers failed, or a stream broke mid-answer; 'check': a probe failed
   130  interrupted (Ctrl-C)"""
 
+_CHECK_EXIT_CODES = """\
+exit codes:
+  0    every checked provider answered (skipped ones do not count)
+  2    bad usage: an unknown provider name, a bad config file
+  3    no provider to check
+  4    a probe failed; with no PROVIDER named, also a plugin that failed or an unknown
+       plugin name in PROVHUB_PLUGINS/PROVHUB_DISABLE_PLUGINS"""
+
 _FLAG_COLUMNS = (
     ("working", "working"),
     ("needs_auth", "auth"),
@@ -137,13 +145,15 @@ def _parser() -> argparse.ArgumentParser:
     _add_common(common, top=False)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
 
-    def add(name: str, summary: str, description: str) -> argparse.ArgumentParser:
+    def add(
+        name: str, summary: str, description: str, epilog: str = _EXIT_CODES
+    ) -> argparse.ArgumentParser:
         return sub.add_parser(
             name,
             parents=[common],
             help=summary,
             description=textwrap.fill(description, 78),
-            epilog=_EXIT_CODES,
+            epilog=epilog,
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
 
@@ -177,6 +187,7 @@ def _parser() -> argparse.ArgumentParser:
         "values), and probe each provider: GET its model listing where it has one "
         "(free), else connect. --completion also sends a real one-line request, which "
         "may cost money. Probes run at the same time, each within --timeout.",
+        _CHECK_EXIT_CODES,
     )
     check.add_argument(
         "provider",
