@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from provhub._cancel import CancelToken
     from provhub._config import (
         Config,
+        ConfigOrigin,
+        ConfigSource,
         GroupConfig,
         GroupMember,
         Limits,
@@ -85,6 +87,8 @@ _LAZY = {
     "Config": "provhub._config",
     "GroupConfig": "provhub._config",
     "GroupMember": "provhub._config",
+    "ConfigOrigin": "provhub._config",
+    "ConfigSource": "provhub._config",
     "Limits": "provhub._config",
     "Price": "provhub._config",
     "StateBackend": "provhub._config",
@@ -165,6 +169,8 @@ __all__ = [
     "Completion",
     "Config",
     "ConfigError",
+    "ConfigOrigin",
+    "ConfigSource",
     "CreateResult",
     "FailureKind",
     "FinishReason",

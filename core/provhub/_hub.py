@@ -9,18 +9,34 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from provhub._cancel import CancelToken
-from provhub._config import COMMON_PROVIDER_KEYS, Config, ProviderConfig, Timeouts, load_config
+from provhub._config import (
+    COMMON_PROVIDER_KEYS,
+    Config,
+    ConfigOrigin,
+    ConfigSource,
+    ProviderConfig,
+    Timeouts,
+    load_config,
+)
 from provhub._context import CallContext
 from provhub._errors import (
     ConfigError,
     InvalidRequestError,
+    ModelNotFoundError,
     NoProviderError,
+    PluginLoadError,
     ProviderSpecError,
     RateLimitedError,
 )
 from provhub._events import DEBUG, INFO, WARNING, EventEmitter, Subscriber
 from provhub._limits import estimate_prompt_tokens, reserved_tokens
-from provhub._plugins import PluginRecord, PluginStatus, ProviderTypeFactory, load_plugins
+from provhub._plugins import (
+    PluginRecord,
+    PluginStatus,
+    ProviderTypeFactory,
+    load_plugins,
+    load_shipped_types,
+)
 from provhub._registry import PROGRAMMATIC, Registry, describe
 from provhub._request import Request, build_request
 from provhub._router import RoutePlan, Router
@@ -65,7 +81,10 @@ class Hub:
     ``strict=True`` raises :class:`PluginLoadError` on a broken plugin instead of
     skipping it. ``log_content=True`` lets message content appear in events.
     ``subscribers`` are subscribed before discovery, so they also receive the
-    events of the hub's construction (``plugin.*``, ``provider.insecure``).
+    events of the hub's construction (``config.loaded``, ``plugin.*``,
+    ``provider.insecure``). With ``load_plugins=False`` no plugin is discovered;
+    a config table of a type that ships with provhub (``openai-compatible``)
+    still works.
     A hub is safe to share between threads; close it (or use ``with``) to
     release pooled connections.
     """
@@ -85,6 +104,9 @@ class Hub:
         )
         for callback in subscribers:
             self._emitter.subscribe(callback)
+        source = self.config.source or ConfigSource(self.config.path, ConfigOrigin.CODE)
+        self._emit(INFO, "config.loaded", source.as_dict())
+        self._load_plugins = load_plugins
         self._registry = Registry()
         self._state = _state_store(self.config, self._emit)
         self._health = self._state.health
@@ -144,12 +166,21 @@ class Hub:
             if table.type is None:
                 continue
             key = f"providers.{name}.type"
+            if not self._load_plugins and not self._provider_types:
+                self._provider_types = self._shipped_types(key)
             found = self._provider_types.get(table.type)
             if found is None:
                 known = ", ".join(sorted(self._provider_types)) or "none loaded"
+                how = (
+                    "this hub was built with load_plugins=False, which offers only the types "
+                    "that ship with provhub; use Hub(load_plugins=True), or pass config= "
+                    "explicitly so no stray provhub.toml is read"
+                    if not self._load_plugins
+                    else "is the plugin that provides it installed and enabled? see "
+                    "'provhub plugins'"
+                )
                 raise ConfigError(
-                    f"unknown provider type {table.type!r} (known: {known}; is the plugin "
-                    "that provides it installed and enabled?)",
+                    f"unknown provider type {table.type!r} (known: {known}); {how}",
                     path=self.config.path,
                     key=key,
                 )
@@ -163,6 +194,16 @@ class Hub:
                 ) from exc
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), path=self.config.path, key=f"providers.{name}") from exc
+
+    def _shipped_types(self, key: str) -> dict[str, tuple[ProviderTypeFactory, str]]:
+        try:
+            return load_shipped_types()
+        except PluginLoadError as exc:
+            raise ConfigError(
+                f"provhub's own provider types failed to load: {exc.reason}",
+                path=self.config.path,
+                key=key,
+            ) from exc
 
     def _check_provider_tables(self) -> None:
         """Check the tables of the providers registered while the hub was built."""
@@ -259,9 +300,18 @@ class Hub:
 
     def _plan(self, request: Request) -> RoutePlan:
         _, tokens = self._estimate(request)
-        return self._router.plan(
-            request.model, request.required, only=request.provider, tokens=tokens
-        )
+        try:
+            return self._router.plan(
+                request.model, request.required, only=request.provider, tokens=tokens
+            )
+        except ModelNotFoundError as exc:
+            raise self._with_hint(exc) from None
+
+    def _with_hint(self, exc: ModelNotFoundError) -> ModelNotFoundError:
+        hint = self._plugin_hint()
+        if not hint:
+            return exc
+        return ModelNotFoundError(exc.model, exc.suggestions, exc.available, hint=hint)
 
     def _estimate(self, request: Request) -> tuple[int, int]:
         """``(prompt, reserved)`` token estimates of a request, (0, 0) when unneeded."""
@@ -269,6 +319,22 @@ class Hub:
             return 0, 0
         prompt = estimate_prompt_tokens(request.messages, request.params)
         return prompt, reserved_tokens(prompt, request.params)
+
+    def _plugin_hint(self) -> str:
+        """Plugins switched off by name that might serve a model, and names matching none.
+
+        A disabled plugin's code is never imported (SPEC §3), so which models it
+        serves is unknown: it "may" serve the model.
+        """
+        disabled = [
+            f"{p.name} ({p.error})" for p in self._plugins if p.status is PluginStatus.DISABLED
+        ]
+        unknown = [p.error or p.name for p in self._plugins if p.status is PluginStatus.UNKNOWN]
+        parts = []
+        if disabled:
+            more = f" and {len(disabled) - 3} more" if len(disabled) > 3 else ""
+            parts.append("disabled plugins may serve it: " + ", ".join(disabled[:3]) + more)
+        return "; ".join([*parts, *unknown])
 
     @property
     def default_model(self) -> str | None:
@@ -396,11 +462,14 @@ class Hub:
             timeouts=timeouts,
         )
         prompt, tokens = self._estimate(request)
-        static = self._router.candidates(
-            request.model, request.required, only=request.provider, tokens=tokens
-        )
+        try:
+            static = self._router.candidates(
+                request.model, request.required, only=request.provider, tokens=tokens
+            )
+        except ModelNotFoundError as exc:
+            raise self._with_hint(exc) from None
         if not static.candidates:
-            raise NoProviderError(request.model, dict(static.excluded))
+            raise NoProviderError(request.model, dict(static.excluded), hint=self._plugin_hint())
         # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
         request_id = os.urandom(8).hex()
         # The plan/acquire phase: live state decides, and the first candidate is
@@ -566,6 +635,9 @@ def load_plugins_into(
     """Run the isolated loader for ``hub`` and emit its plugin events."""
 
     def on_event(event: str, record: PluginRecord) -> None:
+        if record.status is PluginStatus.UNKNOWN:
+            hub._emit(WARNING, event, {"plugin": record.name, "error": record.error})
+            return
         level = WARNING if record.status is PluginStatus.FAILED else INFO
         fields: dict[str, Any] = {
             "plugin": record.name,

@@ -29,6 +29,7 @@ __all__ = ["PROGRAMMATIC", "Registry", "describe"]
 
 PROGRAMMATIC = "programmatic"
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Spec defaults for providers that do not subclass AbstractProvider (duck-typed
 # g4f-style classes are accepted too).
@@ -232,6 +233,20 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
     windows = _check_context_windows(
         label, source, getattr(provider, "context_windows", {}), models, aliases
     )
+    url_env = getattr(provider, "url_env", None)
+    if url_env is not None and (not isinstance(url_env, str) or not _ENV_NAME.match(url_env)):
+        raise ProviderSpecError(
+            label, f"url_env must name an environment variable, got {url_env!r}", source=source
+        )
+    models_path = getattr(provider, "models_path", None)
+    if models_path is not None and (
+        not isinstance(models_path, str) or not models_path.startswith("/")
+    ):
+        raise ProviderSpecError(
+            label,
+            f"models_path must be a path starting with '/', got {models_path!r}",
+            source=source,
+        )
 
     return ProviderInfo(
         name=label,
@@ -248,6 +263,8 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
         model_capabilities=MappingProxyType(model_caps),
         config_keys=config_keys,
         context_windows=MappingProxyType(windows),
+        url_env=url_env,
+        models_path=models_path,
     )
 
 

@@ -169,6 +169,17 @@ class AbstractProvider(ABC):
     a model it names, the ``supports_tools``/``supports_vision``/... flags do not
     apply. ``config_keys`` names the extra keys the provider accepts in its
     ``[providers.NAME]`` table (read back from ``provider_call().settings.extra``).
+
+    ``url_env`` names the environment variable that overrides ``url`` (Lockchat:
+    ``PROVHUB_LOCKCHAT_URL``), so error messages and ``provhub check`` can say
+    where a URL comes from and how to change it; pass the same name to
+    ``provider_call().base_url(url, url_env)``. ``models_path`` is the path,
+    relative to the base URL, of an OpenAI-style model listing
+    (``"/v1/models"``), which ``provhub check`` uses as a free live probe.
+
+    ``context_windows`` maps model ids to their context window in tokens (prompt
+    and answer together); the router never falls back to a smaller window than a
+    request needs (SPEC §14). A model it does not name has an unknown window.
     """
 
     name: str = "AbstractProvider"
@@ -190,6 +201,8 @@ class AbstractProvider(ABC):
     default_model: str | None = None
     config_keys: Sequence[str] = ()
     context_windows: Mapping[str, int] = {}
+    url_env: str | None = None
+    models_path: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -244,7 +257,8 @@ class ProviderInfo:
     provider-wide ones (from the flags) and ``model_capabilities`` the per-model
     declarations (see :meth:`capabilities_for`); ``context_windows`` maps model
     ids to context windows in tokens; ``source`` is the plugin (entry-point name)
-    or ``"programmatic"``.
+    or ``"programmatic"``; ``url_env`` and ``models_path`` as declared by the
+    provider (see :class:`AbstractProvider`).
     """
 
     name: str
@@ -259,6 +273,8 @@ class ProviderInfo:
     model_capabilities: Mapping[str, Capability] = field(default_factory=dict)
     config_keys: tuple[str, ...] = ()
     context_windows: Mapping[str, int] = field(default_factory=dict)
+    url_env: str | None = None
+    models_path: str | None = None
 
     @property
     def working(self) -> bool:
@@ -302,4 +318,6 @@ class ProviderInfo:
             "context_windows": dict(self.context_windows),
             "default_model": self.default_model,
             "source": self.source,
+            "url_env": self.url_env,
+            "models_path": self.models_path,
         }

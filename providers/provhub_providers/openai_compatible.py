@@ -41,6 +41,7 @@ class OpenAICompatible(AbstractProvider):
     """
 
     supports_stream = True
+    models_path = "/models"
 
     def __init__(
         self,
