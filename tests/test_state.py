@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import re
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -402,3 +403,79 @@ def test_redis_keys_expire_so_nothing_needs_cleaning(redis_server: RedisServer) 
     assert all(0 < client.ttl(key) <= 86400 for key in keys)
     client.close()
     store.close()
+
+
+# -- the two stores agree ------------------------------------------------------------------------
+
+_NUMBERS = re.compile(r"\d+\.\d+")
+
+
+def _decision(got: Any) -> tuple[Any, ...]:
+    """What a decision says, without the seconds (the two clocks differ by microseconds)."""
+    skips = tuple((s.index, _NUMBERS.sub("N", s.reason), s.limited) for s in got.skipped)
+    return got.index, skips, got.transitions
+
+
+@pytest.mark.redis
+@settings(max_examples=25, deadline=None)
+@given(
+    limits=st.lists(
+        st.fixed_dictionaries(
+            {
+                "rpm": st.none() | st.integers(1, 3),
+                "tpm": st.none() | st.integers(20, 120),
+                "max_in_flight": st.none() | st.integers(1, 2),
+            }
+        ),
+        min_size=3,
+        max_size=3,
+    ),
+    steps=st.lists(
+        st.one_of(
+            st.tuples(
+                st.just("acquire"),
+                st.lists(st.integers(0, 2), min_size=1, max_size=3, unique=True),
+                st.integers(0, 60),
+            ),
+            st.tuples(
+                st.just("finish"),
+                st.integers(0, 20),
+                # Not LOCAL_FAILURE: by design it counts apart from the shared breaker
+                # in the Redis store (auth), and with the others in the memory one.
+                st.sampled_from([v for v in Verdict if v is not Verdict.LOCAL_FAILURE]),
+                st.none() | st.integers(0, 80),
+                st.sampled_from([None, 30.0]),
+            ),
+        ),
+        max_size=25,
+    ),
+)
+def test_the_redis_store_decides_exactly_as_the_memory_store(
+    redis_server: RedisServer, limits: list[dict[str, Any]], steps: list[tuple[Any, ...]]
+) -> None:
+    from provhub._state_redis import RedisStateStore
+
+    slots = [limited(name, **spec) for name, spec in zip("abc", limits, strict=True)]
+    memory = MemoryStateStore(threshold=2)
+    shared = RedisStateStore(
+        StateConfig(url=redis_server.url, prefix=f"diff{os.getpid()}-{next(_prefixes)}"),
+        threshold=2,
+    )
+    leases: list[tuple[Any, Any]] = []
+    for step in steps:
+        if step[0] == "acquire":
+            _, picks, tokens = step
+            chosen = [slots[i] for i in picks]
+            a = admit(memory, *chosen, tokens=tokens, check_all=True)
+            b = admit(shared, *chosen, tokens=tokens, check_all=True)
+            assert _decision(a) == _decision(b)
+            if a.lease is not None:
+                leases.append((a.lease, b.lease))
+        elif leases:
+            _, which, verdict, tokens, cooldown = step
+            a_lease, b_lease = leases.pop(which % len(leases))
+            outcome = Outcome(verdict, ttft=0.1, tokens=tokens, cooldown=cooldown)
+            assert memory.finish(a_lease, outcome) == shared.finish(b_lease, outcome)
+    check = [memory.check(slots, tokens=10), shared.check(slots, tokens=10)]
+    assert _decision(check[0]) == _decision(check[1])
+    shared.close()

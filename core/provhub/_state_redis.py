@@ -112,8 +112,16 @@ local function finish(f)
       end
     end
   end
-  if f.v == 'local' then return end
   local b = P .. 'b:' .. f.p
+  if f.cd > 0 then
+    local cu = now + f.cd
+    if cu > num(redis.call('HGET', b, 'cu')) then
+      redis.call('HSET', b, 'cu', tostring(cu))
+      redis.call('EXPIRE', b, DAY)
+    end
+  end
+  -- An auth failure counts on the caller's own breaker only (other hubs may hold a good key).
+  if f.v == 'local' then return end
   local h = redis.call('HMGET', b, 's', 'tl', 't')
   local st = h[1] or 'c'
   local mine = h[2] == f.id
@@ -141,12 +149,6 @@ local function finish(f)
     end
   elseif mine then
     redis.call('HDEL', b, 'tl', 'tu')
-  end
-  if f.cd > 0 then
-    local cu = now + f.cd
-    if cu > num(redis.call('HGET', b, 'cu')) then
-      redis.call('HSET', b, 'cu', tostring(cu))
-    end
   end
   redis.call('EXPIRE', b, DAY)
 end
@@ -597,7 +599,7 @@ class RedisStateStore:
             )
         if finish is not None:
             finish[0].done = True
-            self._mirror(finish[0].provider, finish[1])
+            local_transitions += self._mirror(finish[0].provider, finish[1])
         skipped = [self._skip(sent[s[0]], slots[sent[s[0]]], s, tokens) for s in _listed(data["s"])]
         skipped.extend(refused.values())
         skipped.sort(key=lambda skip: skip.index)
@@ -609,7 +611,9 @@ class RedisStateStore:
             index = sent[chosen]
             slot = slots[index]
             admitted = Lease(lease, slot.name, slot.scopes, tokens, local=False)
-        transitions = local_transitions + tuple((t[0], t[1]) for t in _listed(data["t"]))
+        transitions = tuple(
+            dict.fromkeys(local_transitions + tuple((t[0], t[1]) for t in _listed(data["t"])))
+        )
         return Acquired(admitted, index, tuple(skipped), order_used, transitions)
 
     @staticmethod
@@ -626,13 +630,15 @@ class RedisStateStore:
         reason = limit_reason(_LIMIT_KINDS[code], scope, int(limit), int(used), tokens, after)
         return Skip(index, reason, after, True)
 
-    def _mirror(self, name: str, outcome: Outcome) -> None:
+    def _mirror(self, name: str, outcome: Outcome) -> tuple[tuple[str, str], ...]:
         """Keep this hub's own breaker: auth failures, and closing it on success."""
         verdict = outcome.verdict
+        transition: str | None = None
         if verdict is Verdict.LOCAL_FAILURE:
-            self.health.failure(name)
+            transition = self.health.failure(name)
         elif verdict is Verdict.SUCCESS and name in self.health._providers:
-            self.health.success(name)
+            transition = self.health.success(name)
+        return ((transition, name),) if transition else ()
 
     def _finish_here(self, lease: Lease, outcome: Outcome) -> tuple[tuple[str, str], ...]:
         if lease.local:
@@ -688,8 +694,9 @@ class RedisStateStore:
         if data is None:
             transition = self._local.record(lease.provider, outcome)
             return ((transition, lease.provider),) if transition else ()
-        self._mirror(lease.provider, outcome)
-        return tuple((t[0], t[1]) for t in _listed(data["t"]))
+        mirrored = self._mirror(lease.provider, outcome)
+        shared = tuple((t[0], t[1]) for t in _listed(data["t"]))
+        return tuple(dict.fromkeys(shared + mirrored))
 
     def snapshot(self, names: Sequence[str]) -> dict[str, dict[str, object]]:
         """Every named provider's shared breaker and statistics (one round trip)."""
