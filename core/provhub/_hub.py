@@ -490,7 +490,7 @@ class Hub:
                 {"request_id": request_id, "model": request.model, "provider": name, "attempt": 1},
             )
         if got.lease is None:
-            raise _refusal(request.model, plan, got)
+            raise _refusal(request.model, plan, got, self._plugin_hint())
         run = Run(
             self._run_deps,
             plan,
@@ -592,11 +592,11 @@ def _config_needs_estimates(config: Config) -> bool:
     )
 
 
-def _refusal(model: str, plan: RoutePlan, decided: Acquired) -> NoProviderError:
+def _refusal(model: str, plan: RoutePlan, decided: Acquired, hint: str) -> NoProviderError:
     """No candidate admitted: :class:`RateLimitedError` when a limit is why."""
     limited = [skip for skip in decided.skipped if skip.limited]
     if not limited:
-        return NoProviderError(model, dict(plan.excluded))
+        return NoProviderError(model, dict(plan.excluded), hint=hint)
     waits = [skip.retry_after for skip in limited if skip.retry_after is not None]
     return RateLimitedError(model, dict(plan.excluded), min(waits) if waits else None)
 

@@ -160,7 +160,7 @@ class Run:
 
     def __del__(self) -> None:
         # A stream dropped before its first item: give the admission back.
-        if self._lease is not None:
+        if getattr(self, "_lease", None) is not None:
             self.abandon()
 
     def abandon(self) -> None:
