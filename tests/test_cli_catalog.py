@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from plugin_dists import hook_module, write_dist, write_plugin
+from shipped import SHIPPED_PROVIDERS
 
 SHIPPED = "provhub_providers"
 PROVIDER_KEYS = {
@@ -126,8 +127,10 @@ def test_providers_table_shows_lockchat_with_its_seed_flags(cli: Cli) -> None:
 
 
 def test_providers_json_describes_every_provider(cli: Cli) -> None:
-    (lockchat,) = cli.json("providers")
-    assert set(lockchat) == PROVIDER_KEYS
+    described = cli.json("providers")
+    assert [p["name"] for p in described] == [*SHIPPED_PROVIDERS]
+    assert all(set(p) == PROVIDER_KEYS for p in described)
+    lockchat = described[0]
     assert lockchat["name"] == "Lockchat"
     assert lockchat["source"] == SHIPPED
     assert lockchat["url"] == "http://supertest.lockchat.app"
@@ -152,9 +155,9 @@ def test_providers_lists_third_party_plugin_providers_with_their_source(cli: Cli
 @pytest.mark.parametrize(
     ("require", "expected"),
     [
-        ("stream", ["Lockchat", "Acme"]),
-        ("stream,system_message", ["Lockchat"]),
-        ("STREAM|Message_History", ["Lockchat", "Acme"]),
+        ("stream", [*SHIPPED_PROVIDERS, "Acme"]),
+        ("stream,system_message", [*SHIPPED_PROVIDERS]),
+        ("STREAM|Message_History", [*SHIPPED_PROVIDERS, "Acme"]),
         ("auth", []),
     ],
 )
@@ -208,7 +211,7 @@ def test_plugins_json_shape_for_the_shipped_plugin(cli: Cli) -> None:
     assert shipped["name"] == SHIPPED
     assert shipped["distribution"] == "provhub"
     assert shipped["status"] == "loaded"
-    assert shipped["providers"] == ["Lockchat"]
+    assert shipped["providers"] == [*SHIPPED_PROVIDERS]
     assert shipped["entry_point"] == "provhub_providers.plugin"
     assert (shipped["error"], shipped["stage"]) == (None, None)
     assert isinstance(shipped["version"], str)
@@ -237,7 +240,7 @@ def test_broken_plugin_is_shown_failed_while_lockchat_still_works(cli: Cli) -> N
 
     providers = cli("providers")
     assert providers.returncode == 0
-    assert list(table_rows(providers.stdout))[1:] == ["Lockchat"]
+    assert list(table_rows(providers.stdout))[1:] == [*SHIPPED_PROVIDERS]
 
 
 def test_plugins_shows_denied_plugins_as_disabled(cli: Cli) -> None:
