@@ -27,6 +27,7 @@ PROVIDER_KEYS = {
     "capabilities",
     "models",
     "aliases",
+    "model_capabilities",
     "default_model",
     "source",
 }
@@ -39,6 +40,7 @@ PLUGIN_KEYS = {
     "error",
     "stage",
     "entry_point",
+    "unavailable",
 }
 
 
