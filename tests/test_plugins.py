@@ -153,7 +153,10 @@ def test_two_hubs_load_the_same_plugin_independently(site: Path) -> None:
     write_plugin(site, "acme-provhub", ["Acme"])
     first, second = make_hub(), make_hub()
     assert names(first) == names(second) == [*SHIPPED_PROVIDERS, "Acme"]
-    assert first.providers()[len(SHIPPED_PROVIDERS)].provider is second.providers()[len(SHIPPED_PROVIDERS)].provider
+    assert (
+        first.providers()[len(SHIPPED_PROVIDERS)].provider
+        is second.providers()[len(SHIPPED_PROVIDERS)].provider
+    )
 
 
 def test_plugin_offers_a_provider_type_for_config_tables(site: Path) -> None:

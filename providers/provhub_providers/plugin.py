@@ -12,7 +12,7 @@ from provhub_providers.openai_compatible import OpenAICompatible
 
 
 @provhub.hookimpl
-def provhub_register_providers(register: Any) -> None:
+def provhub_register_providers(register: provhub.Registrar) -> None:
     """Register the shipped providers.
 
     ``local`` is an instance per hub (the hook runs once per hub), so each hub
@@ -24,9 +24,7 @@ def provhub_register_providers(register: Any) -> None:
     if reason is None:
         register(LocalProvider())
     else:
-        unavailable: Callable[[str, str], None] | None = getattr(register, "unavailable", None)
-        if unavailable is not None:
-            unavailable("local", reason)
+        register.unavailable("local", reason)
 
 
 @provhub.hookimpl
