@@ -33,6 +33,7 @@ from typing import Any
 from provhub import (
     AbstractProvider,
     CallContext,
+    CancelToken,
     CreateResult,
     FailureKind,
     FinishReason,
@@ -132,7 +133,9 @@ def _check_setting(key: str, value: Any) -> Any:
         if key == "model_id" and not _SLUG.match(value):
             raise ValueError(f"model_id must be a model id like 'gemma-3-1b-it', got {value!r}")
         return value
-    minimum = {"n_ctx": 64, "n_threads": 1, "max_tokens": 1}[key]
+    # llama.cpp rounds a context below 256 tokens up, and llama-cpp-python then
+    # overruns its own token buffer: 256 is the smallest that works.
+    minimum = {"n_ctx": 256, "n_threads": 1, "max_tokens": 1}[key]
     if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
         raise ValueError(f"{key} must be an integer >= {minimum}, got {value!r}")
     return value
@@ -187,6 +190,12 @@ class LocalProvider(AbstractProvider):
         """Whether the model is in memory (it loads on the first request)."""
         return self._engine is not None
 
+    @property
+    def busy(self) -> bool:
+        """Whether a generation holds the model now (others queue behind it)."""
+        engine = self._engine
+        return engine is not None and engine.lock.locked()
+
     def create_completion(  # type: ignore[override]
         self, model: str, messages: Messages, stream: bool, **kwargs: Any
     ) -> CreateResult:
@@ -223,7 +232,9 @@ class LocalProvider(AbstractProvider):
                         retryable=True,
                     )
             try:
-                yield from engine.generate(turns, sampling, call, deadline, self.name)
+                yield from engine.generate(
+                    turns, sampling, call, deadline, self.name, seeded="seed" in kwargs
+                )
             finally:
                 engine.lock.release()
 
@@ -437,11 +448,11 @@ class _Engine:
         self.turns = turns
         self.path = path
         self.lock = threading.Lock()
+        self.markers: frozenset[int] = frozenset()
         if turns:
-            self.markers = {
-                _special(llm, "<start_of_turn>")[0],
-                _special(llm, "<end_of_turn>")[0],
-            }
+            self.markers = frozenset(
+                {_special(llm, "<start_of_turn>")[0], _special(llm, "<end_of_turn>")[0]}
+            )
 
     @classmethod
     def load(cls, settings: LocalSettings, provider: str, call: CallContext) -> _Engine:
@@ -523,31 +534,34 @@ class _Engine:
         call: CallContext,
         deadline: float,
         provider: str,
+        *,
+        seeded: bool,
     ) -> CreateResult:
         """Run one generation (the caller holds ``self.lock``)."""
         from llama_cpp import LogitsProcessorList, StoppingCriteriaList
 
         cancel = call.cancel
         counter = _Counter()
-        markers = self.markers if self.turns else frozenset()
-
-        def halt(input_ids: Any, logits: Any) -> bool:
-            # Called after each sampled token: ends generation at a turn marker
-            # (the base model opens new turns itself), and cuts llama's
-            # internal hold-back loops short on cancel or deadline.
-            counter.seen(len(input_ids))
-            if len(input_ids) and int(input_ids[-1]) in markers:
-                return True
-            return (cancel is not None and cancel.cancelled) or time.monotonic() >= deadline
+        halt = _Halt(self.markers, counter, cancel, deadline)
 
         def count(input_ids: Any, scores: Any) -> Any:
             counter.seen(len(input_ids))
             return scores
 
         llm = self.llm
+        if seeded:
+            # llama.cpp reuses the cached prefix of the previous prompt, and the
+            # logits of a token evaluated alone differ in the last bits from the
+            # same token evaluated in a batch: the same seed would not give the
+            # same answer twice. A seeded request evaluates its whole prompt.
+            llm.reset()
         try:
             if self.turns:
                 prompt = gemma_prompt_tokens(llm, turns)
+                if len(prompt) >= llm.n_ctx():
+                    raise ValueError(
+                        f"Requested tokens ({len(prompt)}) exceed context window of {llm.n_ctx()}"
+                    )
                 counter.prompt = len(prompt)
                 chunks = llm.create_completion(
                     prompt, stream=True, stopping_criteria=StoppingCriteriaList([halt]), **sampling
@@ -590,6 +604,36 @@ class _Engine:
             yield FinishReason(finish)
         prompt_tokens, completion_tokens = counter.usage()
         yield Usage(prompt_tokens, completion_tokens, prompt_tokens + completion_tokens)
+
+
+class _Halt:
+    """llama's stopping criterion, called after each sampled token.
+
+    Ends generation at a turn marker (the base model opens new turns itself),
+    and cuts llama's internal hold-back loops (multi-byte characters, partial
+    stop strings) short on cancel or deadline.
+    """
+
+    __slots__ = ("cancel", "counter", "deadline", "markers")
+
+    def __init__(
+        self,
+        markers: frozenset[int],
+        counter: _Counter,
+        cancel: CancelToken | None,
+        deadline: float,
+    ) -> None:
+        self.markers = markers
+        self.counter = counter
+        self.cancel = cancel
+        self.deadline = deadline
+
+    def __call__(self, input_ids: Any, logits: Any) -> bool:
+        self.counter.seen(len(input_ids))
+        if len(input_ids) and int(input_ids[-1]) in self.markers:
+            return True
+        cancel = self.cancel
+        return (cancel is not None and cancel.cancelled) or time.monotonic() >= self.deadline
 
 
 class _Counter:
