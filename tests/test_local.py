@@ -549,7 +549,7 @@ def test_config_settings_reach_the_loaded_model(tmp_path: Path) -> None:
     assert result.usage.completion_tokens is not None
     assert result.usage.completion_tokens <= 4  # max_tokens 3 (+ an end-of-turn token)
     assert engine.llm.n_ctx() == 256
-    assert engine.llm.n_threads == 1
+    assert engine.llm.n_threads == engine.llm.n_threads_batch == 1
     (loaded,) = [e for e in events if e["event"] == "local.loaded"]
     assert (loaded["model_id"], loaded["n_ctx"], loaded["chat_format"]) == (
         "my-gemma",

@@ -66,6 +66,12 @@ _QUEUE_POLL = 0.05
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}$")
 
 
+def _default_threads() -> int:
+    # llama-cpp-python's own default for n_threads: half the CPUs (about the
+    # physical cores), at least one.
+    return max((os.cpu_count() or 2) // 2, 1)
+
+
 def availability() -> str | None:
     """None when the provider can run here, else why not (with the install command).
 
@@ -88,9 +94,9 @@ class LocalSettings:
     ``model_path``: a GGUF file; None runs the packaged Gemma 3 270M.
     ``model_id``: the name the model is reported under (default ``gemma-3-270m``,
     or the file name's stem for ``model_path``). ``n_ctx``: context window in
-    tokens. ``n_threads``: CPU threads (None: llama-cpp-python's default, half the
-    CPUs). ``chat_format``: a llama-cpp-python chat format name, or
-    ``"gemma-turns"``; None uses the GGUF's own template, else Gemma turns.
+    tokens. ``n_threads``: CPU threads for prompt evaluation and generation
+    (None: half the CPUs, llama-cpp-python's default). ``chat_format``: a
+    llama-cpp-python chat format name, or ``"gemma-turns"``; None uses the GGUF's own template, else Gemma turns.
     ``max_tokens``: the answer length when a request does not say.
     """
 
@@ -495,6 +501,10 @@ class _Engine:
                 model_path=str(path),
                 n_ctx=settings.n_ctx,
                 n_threads=settings.n_threads,
+                # Prompt evaluation on as many threads as generation (llama-cpp-python
+                # would take every CPU): on a shared machine a descheduled extra
+                # thread stalls each of ggml's barriers, and the first token with it.
+                n_threads_batch=settings.n_threads or _default_threads(),
                 chat_format=None if format_name == GEMMA_TURNS else format_name,
                 # A sliding-window cache sized to the window, not the context:
                 # less memory, and llama.cpp prints no warning about it.
