@@ -96,7 +96,8 @@ class LocalSettings:
     or the file name's stem for ``model_path``). ``n_ctx``: context window in
     tokens. ``n_threads``: CPU threads for prompt evaluation and generation
     (None: half the CPUs, llama-cpp-python's default). ``chat_format``: a
-    llama-cpp-python chat format name, or ``"gemma-turns"``; None uses the GGUF's own template, else Gemma turns.
+    llama-cpp-python chat format name, or ``"gemma-turns"``; None uses the
+    GGUF's own template, else Gemma turns.
     ``max_tokens``: the answer length when a request does not say.
     """
 
