@@ -13,6 +13,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import subprocess
 import sys
 import threading
@@ -653,10 +654,11 @@ def test_chat_hello_streams_an_answer_from_the_local_model(tmp_path: Path) -> No
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip()
     lines = done.stderr.splitlines()
-    assert lines[0] == "provhub: local: loading gemma-3-270m (gemma-3-270m-q4_k_m.gguf)"
-    assert lines[1].startswith("provhub: local: loaded gemma-3-270m in ")
+    assert lines[0] == "provhub: loading gemma-3-270m (gemma-3-270m-q4_k_m.gguf)"
+    assert lines[1].startswith("provhub: loaded gemma-3-270m in ")
     assert "base model" in lines[1]
-    assert lines[-1].startswith("provhub: answered by local (gemma-3-270m), ")
+    assert re.fullmatch(r"provhub: answered by local \(gemma-3-270m\), \d+ tokens", lines[-1])
+    assert len(lines) == 3
     assert "Traceback" not in done.stderr
 
 
@@ -686,3 +688,33 @@ def test_chat_json_events_include_the_load_and_nothing_else(tmp_path: Path) -> N
     assert "local.loaded" in names
     assert "stream.completed" in names
     assert "Hi" not in done.stderr
+
+
+def test_chat_names_the_configured_model_and_stays_quiet_when_one_was_chosen(
+    tmp_path: Path,
+) -> None:
+    (tmp_path / "provhub.toml").write_text(
+        "[providers.local]\n"
+        f"model_path = {json.dumps(str(default_model_path()))}\n"
+        'model_id = "my-gemma"\nmax_tokens = 3\n'
+    )
+
+    def chat(*args: str) -> list[str]:
+        done = subprocess.run(
+            [sys.executable, "-m", "provhub", "chat", *args, "Hi"],
+            env=_env(tmp_path),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            stdin=subprocess.DEVNULL,
+        )
+        assert done.returncode == 0, done.stderr
+        return done.stderr.splitlines()
+
+    defaulted = chat()
+    assert defaulted[0] == "provhub: loading my-gemma (gemma-3-270m-q4_k_m.gguf)"
+    assert "base model" not in defaulted[1]  # a model of the user's choosing
+    assert defaulted[-1].startswith("provhub: answered by local (my-gemma), ")
+    chosen = chat("-m", "local")
+    assert not any("answered by" in line for line in chosen)

@@ -79,7 +79,7 @@ def test_plugins_lists_local_as_unavailable_with_the_install_command(
 
     table = _run(bare_python, tmp_path, "-m", "provhub", "plugins")
     assert table.returncode == 0, table.stderr
-    assert "local (provhub_providers): llama-cpp-python is not installed" in table.stdout
+    assert "local unavailable: llama-cpp-python is not installed" in table.stdout
     assert "Traceback" not in table.stderr
 
 
