@@ -422,7 +422,7 @@ def test_shipped_type_works_when_plugins_are_not_loaded(
     path = write_config(tmp_path, endpoint(upstream))
 
     with Hub(path, load_plugins=False) as hub:
-        assert [i.name for i in hub.providers()] == ["local"]  # no Lockchat, no plugin
+        assert [i.name for i in hub.providers()] == ["ollama"]  # no Lockchat, no plugin
         assert hub.plugins == ()
         assert hub.complete("local-model", HI).text == Behaviour().text()
 
@@ -465,7 +465,8 @@ def test_a_plugin_type_with_plugins_off_says_exactly_how_to_fix_it(
         Hub(path, load_plugins=False)
 
     assert caught.value.reason == (
-        "unknown provider type 'acme-gateway' (known: openai-compatible); this hub was built "
+        "unknown provider type 'acme-gateway' (known: local, openai-compatible); this hub was "
+        "built "
         "with load_plugins=False, which offers only the types that ship with provhub; use "
         "Hub(load_plugins=True), or pass config= explicitly so no stray provhub.toml is read"
     )
