@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 
 from plugin_dists import hook_module, write_dist, write_plugin
-from shipped import SHIPPED_PROVIDERS
+from shipped import LOCAL_AVAILABLE, SHIPPED_PROVIDERS
 
 SHIPPED = "provhub_providers"
 PROVIDER_KEYS = {
@@ -204,9 +204,8 @@ def test_require_that_no_provider_meets_names_what_each_lacks_and_exits_3(cli: C
     result = cli("providers", "--require", "stream,auth")
     assert result.returncode == 3
     assert result.stdout == ""
-    assert result.stderr == (
-        "provhub: error: no provider has stream, auth: Lockchat lacks auth; Acme lacks auth\n"
-    )
+    lacking = "; ".join(f"{name} lacks auth" for name in [*SHIPPED_PROVIDERS, "Acme"])
+    assert result.stderr == f"provhub: error: no provider has stream, auth: {lacking}\n"
     as_json = cli("providers", "--require", "auth", "--json")
     assert (as_json.returncode, json.loads(as_json.stdout)) == (3, [])
 
@@ -348,9 +347,12 @@ def test_model_of_a_plugin_switched_off_by_a_typo_names_the_plugin_and_the_typo(
     result = cli("chat", "-m", "acme-1", "hi", PROVHUB_PLUGINS="acme-provhb")
     assert result.returncode == 3
     errors = [line for line in result.stderr.splitlines() if line.startswith("provhub: error:")]
+    known = (
+        "gemma-3-270m, gpt-3.5-turbo, gpt-4, local" if LOCAL_AVAILABLE else "gpt-3.5-turbo, gpt-4"
+    )
     assert errors == [
-        "provhub: error: no provider serves model 'acme-1' (known models: gpt-3.5-turbo, "
-        "gpt-4); disabled plugins may serve it: acme-provhub (not listed in PROVHUB_PLUGINS); "
+        f"provhub: error: no provider serves model 'acme-1' (known models: {known}); "
+        "disabled plugins may serve it: acme-provhub (not listed in PROVHUB_PLUGINS); "
         "PROVHUB_PLUGINS names 'acme-provhb', which matches no installed plugin; did you "
         "mean 'acme-provhub'? (installed: acme-provhub, provhub_providers)"
     ]
