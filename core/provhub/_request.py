@@ -126,8 +126,9 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         # isinstance first: an unhashable role (a list) would make "in" raise TypeError.
         if not isinstance(role, str) or role not in ROLES:
             raise _bad(where, f"has role {role!r:.40}; use one of {', '.join(sorted(ROLES))}")
-        if len(message) == 2 and type(message.get("content")) is str:
-            # The common message, {"role": ..., "content": "text"}: one check.
+        if len(message) == 2 and role != "tool" and type(message.get("content")) is str:
+            # The common message, {"role": ..., "content": "text"}: one check (a tool
+            # message always needs its tool_call_id, so it never takes this path).
             _check_text(message["content"], f"{where}.content")
         else:
             _check_message(message, role, where, call_ids)
