@@ -100,8 +100,12 @@ def error_from_object(error: Any, provider: str) -> ProviderError:
     elif isinstance(error, str):
         message = error
     message = " ".join(message.split())[:_MESSAGE_EXCERPT]
-    status = code if isinstance(code, int) and 100 <= code <= 599 else None
-    retryable = (status is not None and status_retryable(status)) or kind in _RETRYABLE_TYPES
+    status = code if type(code) is int and 100 <= code <= 599 else None
+    if status is None and type(code) is str and code.isdigit() and 100 <= int(code) <= 599:
+        status = int(code)  # some servers send the status as a string: "code": "503"
+    retryable = (status is not None and status_retryable(status)) or (
+        isinstance(kind, str) and kind in _RETRYABLE_TYPES
+    )
     return UpstreamProtocolError(
         f"error in stream: {message}",
         provider=provider,
@@ -138,6 +142,12 @@ def parse_usage(usage: Any) -> Usage | None:
         if isinstance(completion_details, Mapping)
         else None,
     )
+
+
+def _reason(value: Any) -> str:
+    if type(value) is not str:
+        raise _Shape("finish_reason is not a string")
+    return value
 
 
 def _optional_str(value: Any, what: str) -> str | None:
@@ -264,10 +274,18 @@ def parse_chat_stream(
                         yield from _delta_items(delta)
                 reason = choice.get("finish_reason")
                 if reason and markers:
-                    yield FinishReason(str(reason))
+                    yield FinishReason(_reason(reason))
             elif chunk.get("error"):
                 raise error_from_object(chunk["error"], provider)
+            else:
+                reason = None
             usage = chunk.get("usage")
+            if not usage and (reason or not choices):
+                # Groq reports stream usage under "x_groq" in its last chunk. Looked
+                # for only there, so text chunks pay nothing for it.
+                extension = chunk.get("x_groq")
+                if isinstance(extension, Mapping):
+                    usage = extension.get("usage")
             if usage and markers:
                 parsed = parse_usage(usage)
                 if parsed is not None:
@@ -322,7 +340,7 @@ def parse_chat_completion(
                     items.append(ToolCallDelta(index, delta.id, delta.name, delta.arguments))
             reason = choice.get("finish_reason")
             if reason:
-                items.append(FinishReason(str(reason)))
+                items.append(FinishReason(_reason(reason)))
             usage = parse_usage(answer.get("usage"))
             if usage is not None:
                 items.append(usage)
