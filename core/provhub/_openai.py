@@ -13,7 +13,8 @@ Quirks of real servers handled here (each has a test):
   (some Ollama versions): re-encoded as text;
 - reasoning as ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning``
   (OpenRouter, Groq);
-- the legacy ``function_call`` delta: one call at index 0;
+- the legacy ``function_call`` delta or message: one call at index 0;
+- Groq's usage under ``x_groq`` in the last chunk;
 - an ``{"error": ...}`` object inside a 200 stream or body.
 
 Tool-call *indexes* are passed on as sent (``None`` when absent); the hub's
@@ -303,9 +304,10 @@ def parse_chat_completion(
     """Turn a decoded ``chat.completion`` body into stream items.
 
     Yields, in this order: reasoning, text, refusal, the tool calls (one whole
-    :class:`ToolCallDelta` each, indexed in order), the finish reason and the
-    usage. With ``markers=False`` only the text. An ``{"error": ...}`` body (some
-    servers answer 200 with one) raises :class:`UpstreamProtocolError`.
+    :class:`ToolCallDelta` each, indexed in order; a legacy ``function_call`` is
+    one call), the finish reason and the usage. With ``markers=False`` only the
+    text. An ``{"error": ...}`` body (some servers answer 200 with one) raises
+    :class:`UpstreamProtocolError`.
     """
     try:
         if not isinstance(answer, Mapping):
@@ -338,6 +340,14 @@ def parse_chat_completion(
                 for index, call in enumerate(calls):
                     delta = _tool_call_delta(call, whole=True)
                     items.append(ToolCallDelta(index, delta.id, delta.name, delta.arguments))
+            elif message.get("function_call"):
+                legacy = message["function_call"]
+                if not isinstance(legacy, Mapping):
+                    raise _Shape("message.function_call is not an object")
+                name = _optional_str(legacy.get("name"), "function_call name")
+                if not name:
+                    raise _Shape("message.function_call has no name")
+                items.append(ToolCallDelta(0, None, name, _arguments(legacy.get("arguments"))))
             reason = choice.get("finish_reason")
             if reason:
                 items.append(FinishReason(_reason(reason)))

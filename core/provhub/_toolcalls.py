@@ -37,7 +37,6 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
-from provhub._errors import UpstreamProtocolError
 from provhub._spec import ToolCallDelta
 
 __all__ = ["ToolCall", "ToolCallAssembler"]
@@ -60,6 +59,10 @@ class ToolCall:
         """
         if not self.arguments.strip():
             return {}
+        # Imported here: ToolCall is a plain value, and the error family imports
+        # requests (``from provhub.testing import ToolCall`` must stay light).
+        from provhub._errors import UpstreamProtocolError
+
         try:
             return json.loads(self.arguments)
         except (ValueError, RecursionError):
