@@ -541,6 +541,26 @@ _RESERVED = {
 _NOT_TYPOS = frozenset({"top_k", "min_p", "top_a", "typical_p", "max_new_tokens", "num_predict"})
 
 
+def _folded(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+# Known params by their spelling without case, "_" and "-": "maxTokens", "top-p" and
+# "Temperature" are near misses however far difflib finds them.
+_FOLDED = {_folded(name): name for name in _PARAMS}
+
+
+def _near_miss(name: Any) -> str | None:
+    """The known param ``name`` probably meant, or None."""
+    if not isinstance(name, str):
+        return None
+    found = _FOLDED.get(_folded(name))
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name, _PARAMS, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
 def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Check the request params; return a copy.
 
@@ -557,11 +577,11 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
         if name in _RESERVED:
             raise _param(name, f"is not a param: {_RESERVED[name]}")
         if name not in _NOT_TYPOS:
-            close = difflib.get_close_matches(name, checked, n=1, cutoff=0.85)
+            close = _near_miss(name)
             if close:
                 raise _param(
                     name,
-                    f"is not a known param; did you mean {close[0]!r}? (unknown params that "
+                    f"is not a known param; did you mean {close!r}? (unknown params that "
                     "are not near-misses pass through to the provider)",
                 )
         _check_json(value, f"param {name!r:.40}", 0)

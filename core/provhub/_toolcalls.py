@@ -236,7 +236,7 @@ class ToolCallAssembler:
                 # A name alone: a new call, or a server repeating the name on a
                 # trailing fragment. Only arguments that follow can tell.
                 call.held_name = name
-        elif call.held_name is not None and delta.arguments.strip() and call.complete():
+        elif call.held_name is not None and delta.arguments and call.complete():
             # More arguments after a whole JSON value cannot belong to it.
             held, call.held_name = call.held_name, None
             return None, held
