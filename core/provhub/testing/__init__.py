@@ -12,7 +12,6 @@ from provhub.testing.upstream import (
     FakeUpstream,
     Fault,
     RecordedRequest,
-    ToolCall,
     ToolCallQuirk,
     unused_port_url,
 )
@@ -22,7 +21,6 @@ __all__ = [
     "FakeUpstream",
     "Fault",
     "RecordedRequest",
-    "ToolCall",
     "ToolCallQuirk",
     "unused_port_url",
 ]

@@ -21,6 +21,9 @@ framed the OpenAI way or with the quirks of real servers chosen by ``ToolCallQui
 ``reasoning`` (as ``reasoning_content`` or ``reasoning``), ``refusal``, and usage with
 ``cached_tokens``/``reasoning_tokens`` details::
 
+    from provhub import ToolCall
+    from provhub.testing import ToolCallQuirk
+
     upstream.script(
         Behaviour(
             tokens=(),
@@ -64,7 +67,6 @@ __all__ = [
     "FakeUpstream",
     "Fault",
     "RecordedRequest",
-    "ToolCall",
     "ToolCallQuirk",
     "unused_port_url",
 ]
