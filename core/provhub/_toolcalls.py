@@ -199,6 +199,8 @@ class ToolCallAssembler:
                 self._by_id[delta.id] = position
             if delta.arguments:
                 call.arguments.append(delta.arguments)
+            if delta.index == position and delta.id is not None:
+                return delta  # already as the caller sees it: no copy
             return ToolCallDelta(position, call.id, call.name, delta.arguments)
         call = calls[position]
         if delta.index is not None:
@@ -209,6 +211,8 @@ class ToolCallAssembler:
             call.name = name = delta.name  # the name is news to the caller
         if delta.arguments:
             call.arguments.append(delta.arguments)
+        if delta.index == position and delta.id is None and delta.name == name:
+            return delta  # OpenAI's own framing: nothing to normalize, no copy
         return ToolCallDelta(position, None, name, delta.arguments)
 
     def _position(self, delta: ToolCallDelta) -> tuple[int | None, str | None]:
