@@ -177,9 +177,9 @@ def _tool_call_delta(call: Any, *, whole: bool) -> ToolCallDelta:
     if index is not None and (type(index) is not int or index < 0):
         raise _Shape("tool call index is not a non-negative integer")
     function = call.get("function")
-    if function is None:
-        name, arguments = None, ""
-    else:
+    name: str | None = None
+    arguments: Any = ""
+    if function is not None:
         if type(function) is not dict and not isinstance(function, Mapping):
             raise _Shape("tool call function is not an object")
         name = function.get("name")
