@@ -9,6 +9,10 @@ Two measurements, each at every size in ``TOOL_FRAGMENTS``:
   ``stream.tool_calls``), side by side with a hand-written ``requests`` loop that
   accumulates ``delta.tool_calls`` by index, in the same rounds.
 
+Every timed block handles the same number of fragments (100 answers of 1,000, ten of
+10,000, one of 100,000), so caches, collections and machine noise weigh alike at each
+size.
+
 Linear means the time per fragment does not grow with the size: the figure reported is
 the per-fragment time at 100,000 divided by the one at 1,000.
 """
@@ -181,10 +185,13 @@ def _hub_tool_calls(hub: Hub) -> tuple[int, list[tuple[str, str, str]]]:
     return fragments, [(c.id, c.name, c.arguments) for c in stream.tool_calls]
 
 
-def _stream_block(call: Callable[[], tuple[int, Any]]) -> float:
-    """Microseconds per fragment of one streamed answer."""
+def _stream_block(call: Callable[[], tuple[int, Any]], repeat: int) -> float:
+    """Microseconds per fragment over ``repeat`` streamed answers (the same total work
+    at every size, as for the assembler)."""
+    fragments = 0
     started = time.perf_counter()
-    fragments, _ = call()
+    for _ in range(repeat):
+        fragments += call()[0]
     return (time.perf_counter() - started) / fragments * 1e6
 
 
@@ -204,8 +211,12 @@ def toolcall_stream_workload(urls: dict[int, str], settings: Settings) -> dict[s
             fragments, calls = client()
             if (fragments, calls) != (size, expected):
                 raise RuntimeError(f"{name} assembled wrong tool calls at {size} fragments")
+        repeat = max(1, max(urls) // size)
         results = interleave(
-            {name: functools.partial(_stream_block, client) for name, client in clients.items()},
+            {
+                name: functools.partial(_stream_block, client, repeat)
+                for name, client in clients.items()
+            },
             settings.rounds,
         )
         raw.close()
