@@ -199,6 +199,39 @@ def test_a_known_id_wins_over_a_missing_index() -> None:
     assert calls == [ToolCall("a", "f", '{"x":1}'), ToolCall("b", "g", '{"y":2}')]
 
 
+def test_an_empty_id_is_no_id() -> None:
+    deltas = [
+        ToolCallDelta(0, "", "f", '{"a": 1}'),
+        ToolCallDelta(1, "", "g", '{"b": 2}'),
+    ]
+    calls, normalized = assemble(deltas)
+    assert names_and_arguments(calls) == [("f", '{"a": 1}'), ("g", '{"b": 2}')]
+    assert all(GENERATED_ID.fullmatch(c.id) for c in calls)
+    assert [d.id for d in normalized] == [c.id for c in calls]
+
+
+def test_a_new_index_is_a_new_call_even_when_its_id_repeats() -> None:
+    # Some servers number ids per answer badly; merging would lose a call.
+    deltas = [ToolCallDelta(0, "call_0", "f", "{}"), ToolCallDelta(1, "call_0", "g", "[]")]
+    calls, _ = assemble(deltas)
+    assert calls == [ToolCall("call_0", "f", "{}"), ToolCall("call_0", "g", "[]")]
+
+
+def test_interleaved_calls_all_at_index_zero_are_told_apart_by_id() -> None:
+    deltas = [
+        ToolCallDelta(0, "a", "f", '{"x":'),
+        ToolCallDelta(0, "b", "g", '{"y":'),
+        ToolCallDelta(0, "a", "f", "1}"),
+        ToolCallDelta(0, "b", "g", "2}"),
+    ]
+    assert assemble(deltas)[0] == [ToolCall("a", "f", '{"x":1}'), ToolCall("b", "g", '{"y":2}')]
+
+
+def test_a_trailing_fragment_repeating_id_and_name_adds_no_call() -> None:
+    deltas = [ToolCallDelta(0, "a", "f", p) for p in ('{"x":', "1}", "")]
+    assert assemble(deltas)[0] == [ToolCall("a", "f", '{"x":1}')]
+
+
 def test_a_name_arriving_after_the_first_fragment_is_passed_on_once() -> None:
     deltas = [ToolCallDelta(0, "c", None, ""), ToolCallDelta(0, None, "f", "{}")]
     deltas.append(ToolCallDelta(0, None, "f", ""))

@@ -10,8 +10,9 @@ resolves each case the same way for every provider:
   new one by the rules below;
 - ``index=0`` repeated for distinct calls: a fragment whose ``id`` differs from
   the id of the call at that index starts a new call;
-- a known ``id`` always wins: a fragment repeating the id of an earlier call
-  belongs to that call, whatever its index says (or lacks);
+- a known ``id`` wins over a missing or reused index: a fragment repeating the id
+  of an earlier call belongs to that call (a new ``index`` is always a new call,
+  even if a server repeats ids across calls); an empty ``id`` is no id;
 - neither a distinguishing ``id`` nor ``index``: a fragment that names a
   function after the call it would continue is already complete (its arguments
   are a whole JSON value) starts a new call, so whole calls sent one after the
@@ -188,18 +189,21 @@ class ToolCallAssembler:
     def add(self, delta: ToolCallDelta) -> ToolCallDelta:
         """Take one fragment; return it normalized."""
         calls = self._calls
-        position, name = self._position(delta)
+        # An empty id ("id": "", sent by some servers) is no id: it must neither match
+        # every other id-less call nor reach the caller as the call's id.
+        call_id = delta.id or None
+        position, name = self._position(delta, call_id)
         if position is None:
             position = len(calls)
-            call = _Call(delta.id, name)
+            call = _Call(call_id, name)
             calls.append(call)
             if delta.index is not None:
                 self._by_index[delta.index] = position
-            if delta.id is not None:
-                self._by_id[delta.id] = position
+            if call_id is not None:
+                self._by_id[call_id] = position
             if delta.arguments:
                 call.arguments.append(delta.arguments)
-            if delta.index == position and delta.id is not None:
+            if delta.index == position and delta.id == call.id and delta.name == call.name:
                 return delta  # already as the caller sees it: no copy
             return ToolCallDelta(position, call.id, call.name, delta.arguments)
         call = calls[position]
@@ -215,27 +219,32 @@ class ToolCallAssembler:
             return delta  # OpenAI's own framing: nothing to normalize, no copy
         return ToolCallDelta(position, None, name, delta.arguments)
 
-    def _position(self, delta: ToolCallDelta) -> tuple[int | None, str | None]:
+    def _position(self, delta: ToolCallDelta, call_id: str | None) -> tuple[int | None, str | None]:
         """Where ``delta`` belongs (None: it starts a new call) and the new call's name."""
         calls = self._calls
-        call_id = delta.id
-        if call_id is not None:
-            known = self._by_id.get(call_id)
-            if known is not None:
-                return known, None
-        if delta.index is None:
+        index = delta.index
+        if index is None:
+            if call_id is not None:
+                known = self._by_id.get(call_id)
+                if known is not None:
+                    return known, None
             position = len(calls) - 1 if calls else None
         else:
-            position = self._by_index.get(delta.index)
+            # A new index is a new call, even when its id repeats an earlier one
+            # (servers that number ids per answer, badly, must not merge calls).
+            position = self._by_index.get(index)
         if position is None:
             return None, delta.name
         call = calls[position]
-        if call_id is not None and call.id_given:
-            return None, delta.name  # the same index reused for a distinct call
+        if call_id is not None and call.id_given and call_id != call.id:
+            # Another id at this index: an earlier call continuing (interleaved
+            # fragments that all say index 0), else the index reused for a new call.
+            known = self._by_id.get(call_id)
+            return (known, None) if known is not None else (None, delta.name)
         name = delta.name
         if name:
             if call.name and call.complete():
-                if name != call.name or delta.arguments or call_id is not None:
+                if name != call.name or delta.arguments or (call_id and not call.id_given):
                     return None, name
                 # A name alone: a new call, or a server repeating the name on a
                 # trailing fragment. Only arguments that follow can tell.
