@@ -354,15 +354,18 @@ def _toolcall_targets(r: dict[str, Any]) -> list[Target]:
                 None,
             )
         )
-    growth = stream["growth_largest_to_smallest"]["hub"]
+    growth = stream["growth_largest_to_smallest"]
+    # The raw loop's own growth is the machine's (load drifts between sizes): the hub's
+    # growth over the raw loop's is the figure that machine noise cancels out of.
+    relative = growth["hub"] / growth["raw"]
     rows.append(
         Target(
-            "(i) hub tool-call stream, growth 100k vs 1k",
-            f"{growth:.2f}x",
-            f"{stream['growth_largest_to_smallest']['raw']:.2f}x",
-            "-",
+            "(i) hub tool-call stream, per-fragment growth 100k vs 1k",
+            f"{growth['hub']:.2f}x",
+            f"{growth['raw']:.2f}x",
+            f"{relative:.2f}x (hub/raw)",
             "<= 1.5x (linear)",
-            growth <= 1.5,
+            relative <= 1.5,
         )
     )
     return rows
