@@ -40,6 +40,7 @@ class OpenAICompatible(AbstractProvider):
     """
 
     supports_stream = True
+    models_path = "/models"
 
     def __init__(
         self,
