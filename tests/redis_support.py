@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["RedisServer", "redis_available"]
+__all__ = ["RedisServer", "redis_available", "require_redis"]
 
 
 def redis_available() -> str | None:
@@ -28,6 +28,23 @@ def redis_available() -> str | None:
     except ImportError:
         return "the redis client library is not installed (pip install -e '.[dev]')"
     return None
+
+
+def require_redis() -> None:
+    """Skip the calling test without Redis; in CI (``CI`` set) fail instead.
+
+    CI must exercise the shared-state tests against a real Redis, never skip them.
+    """
+    why = redis_available()
+    if why is None:
+        return
+    import os
+
+    import pytest
+
+    if os.environ.get("CI"):
+        pytest.fail(f"{why} (CI runs the Redis tests)", pytrace=False)
+    pytest.skip(why)
 
 
 def _free_port() -> int:

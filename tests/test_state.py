@@ -24,7 +24,7 @@ from hypothesis import strategies as st
 from provhub._config import StateConfig
 from provhub._limits import LimitSpec, Scope
 from provhub._state import MemoryStateStore, Outcome, Verdict
-from redis_support import RedisServer, redis_available
+from redis_support import RedisServer, require_redis
 
 
 class FakeClock:
@@ -51,9 +51,7 @@ def limited(name: str, *, member: bool = False, **limits: Any) -> Slot:
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
-    why = redis_available()
-    if why:
-        pytest.skip(why)
+    require_redis()
     with RedisServer(tmp_path_factory.mktemp("redis")) as server:
         yield server
 

@@ -25,7 +25,7 @@ import pytest
 from provhub import Config, Hub, RateLimitedError
 from provhub.testing import Behaviour, FakeUpstream
 from provhub_providers import OpenAICompatible
-from redis_support import RedisServer, redis_available
+from redis_support import RedisServer, require_redis
 from test_docs import _documented_events
 
 pytestmark = pytest.mark.redis
@@ -42,9 +42,7 @@ HI = [{"role": "user", "content": "hi"}]
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
-    why = redis_available()
-    if why:
-        pytest.skip(why)
+    require_redis()
     with RedisServer(tmp_path) as server:
         yield server
 
@@ -354,8 +352,7 @@ def test_a_flushed_redis_keeps_serving_with_fresh_state(
 def test_a_hub_whose_redis_is_down_from_the_start_serves_on_local_state(
     tmp_path: Path, upstream: FakeUpstream
 ) -> None:
-    if redis_available():
-        pytest.skip(redis_available() or "")
+    require_redis()
     down = RedisServer(tmp_path)  # never started: nothing listens on its port
     hub, events = resilient_hub(down, upstream)
     hub.register(OpenAICompatible("limited", upstream.base_url, ["n"]))
