@@ -393,10 +393,16 @@ class Run:
                     )
                 item = next(iterator, _END)
             completed = True
+        except GeneratorExit:
+            # The caller closed the stream early (or dropped it): say so, so the
+            # request's record (metrics, logs) has an end.
+            self._emit(INFO, "stream.cancelled", chunks=delivered, chars=chars)
+            raise
         except Exception as exc:
             error = as_provider_error(exc, name)
             if self.cancel_token.cancelled:
                 hub._health.release(name)
+                self._emit(INFO, "stream.cancelled", chunks=delivered, chars=chars)
                 raise StreamInterruptedError(name, "".join(parts), error) from exc
             if delivered:
                 self._emit(
