@@ -96,6 +96,18 @@ def _parser() -> argparse.ArgumentParser:
     chat.add_argument("-s", "--system", help="system message")
     chat.add_argument("--require", default="", help="extra required capabilities")
     chat.add_argument("prompt", nargs="?", default="-", help="the prompt, or '-' for stdin")
+
+    serve = add("serve", help="run the OpenAI-compatible gateway (extra 'server')")
+    serve.add_argument("--host", help="address to bind (default: [server] host, 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="TCP port (default: [server] port, 8080)")
+    serve.add_argument("--workers", type=int, help="worker processes (default: 1)")
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen on a non-loopback address without API keys (only behind a proxy that "
+        "checks access)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request line")
     return parser
 
 
@@ -232,7 +244,40 @@ def _cmd_chat(args: argparse.Namespace) -> int:
         hub.close()
 
 
+_SERVER_MODULES = ("starlette", "uvicorn", "prometheus_client")
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    import importlib.util
+
+    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+    if missing:
+        raise _UsageError(
+            f"provhub serve needs the 'server' extra ({', '.join(missing)} not installed): "
+            "pip install 'provhub[server]'"
+        )
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise _UsageError(f"--port must be 0-65535, got {args.port}")
+    if args.workers is not None and args.workers < 1:
+        raise _UsageError(f"--workers must be 1 or more, got {args.workers}")
+    from provhub.gateway import ServeOptions, serve
+
+    levels = {0: "warning", 1: "info"}
+    return serve(
+        ServeOptions(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            config=args.config,
+            allow_unauthenticated=args.allow_unauthenticated,
+            access_log=args.access_log,
+            log_level=levels.get(args.verbose, "debug"),
+        )
+    )
+
+
 _COMMANDS = {
+    "serve": _cmd_serve,
     "providers": _cmd_providers,
     "plugins": _cmd_plugins,
     "route": _cmd_route,
