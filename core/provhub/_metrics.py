@@ -18,6 +18,7 @@ lost). No optional dependency is imported here.
 
 from __future__ import annotations
 
+import collections
 import enum
 import threading
 import time
@@ -99,6 +100,7 @@ class _Pending:
     attempts: int = 0
 
 
+_DONE_KEPT = 4096
 _BREAKER_EVENTS = {
     "circuit.opened": "open",
     "circuit.half_open": "half_open",
@@ -127,6 +129,8 @@ class RequestMetrics:
         self._clock = clock
         self._lock = threading.Lock()
         self._pending: dict[str, _Pending] = {}
+        # Ids of the last finished requests, so a late event does not start a new record.
+        self._done: collections.OrderedDict[str, None] = collections.OrderedDict()
         self._next_sweep = clock() + stale_after
         self._handlers: dict[str, Callable[[Mapping[str, Any]], None]] = {
             "route.planned": self._planned,
@@ -169,6 +173,9 @@ class RequestMetrics:
             return None
         pending = self._pending.get(request_id)
         if pending is None:
+            if request_id in self._done:
+                return None  # an event after the closing one (attempt.failed follows
+                # stream.interrupted): the request is already counted
             # No route.planned seen (subscribed mid-request, or the hub filters
             # DEBUG events for subscribers): start the record now.
             pending = self._start(request_id, str(event.get("model") or "unknown"))
@@ -207,13 +214,14 @@ class RequestMetrics:
     def _attempt_failed(self, event: Mapping[str, Any]) -> None:
         pending = self._get(event)
         provider = event.get("provider")
-        if pending is None or not isinstance(provider, str):
+        if not isinstance(provider, str):
             return
+        model = pending.model if pending is not None else str(event.get("model") or "unknown")
         status = event.get("status")
         error_type = str(event.get("error_type") or "error")
         for sink in self._sinks:
             sink.attempt_failed(
-                pending.model, provider, error_type, status if isinstance(status, int) else None
+                model, provider, error_type, status if isinstance(status, int) else None
             )
 
     def _completed(self, event: Mapping[str, Any]) -> None:
@@ -259,6 +267,9 @@ class RequestMetrics:
         with self._lock:
             if self._pending.pop(request_id, None) is None:
                 return  # already finished (two closing events): count it once
+            self._done[request_id] = None
+            if len(self._done) > _DONE_KEPT:
+                self._done.popitem(last=False)
         provider = event.get("provider")
         record = RequestRecord(
             request_id=request_id,

@@ -248,9 +248,14 @@ _SERVER_MODULES = ("starlette", "uvicorn", "prometheus_client")
 
 
 def _cmd_serve(args: argparse.Namespace) -> int:
-    import importlib.util
+    import importlib
 
-    missing = [m for m in _SERVER_MODULES if importlib.util.find_spec(m) is None]
+    missing = []
+    for module in _SERVER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
     if missing:
         raise _UsageError(
             f"provhub serve needs the 'server' extra ({', '.join(missing)} not installed): "

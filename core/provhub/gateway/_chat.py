@@ -52,7 +52,9 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if not body:
         raise _bad("the request body is empty; send a JSON object with model and messages")
     try:
-        data = json.loads(body)
+        # UTF-8 only (RFC 8259 §8.1), decoded here: json.loads on bytes would
+        # guess UTF-16/32 from the first bytes.
+        data = json.loads(body.decode("utf-8"))
     except UnicodeDecodeError:
         raise _bad("the request body is not UTF-8 JSON") from None
     except ValueError as exc:

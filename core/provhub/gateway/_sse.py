@@ -55,6 +55,8 @@ async def stream_answer(
     encoder = _wire.ChunkEncoder(completion_id, created, model, include_usage=include_usage)
     started = False
     error: GatewayError | None = None
+    # Encoded events not written yet: on a failure they go out before the error.
+    pending: list[bytes] = []
     iterator = astream.__aiter__()
     try:
         async with asyncio.timeout(deadline.remaining()):
@@ -71,7 +73,7 @@ async def stream_answer(
                 }
             )
             started = True
-            pending = [encoder.role()]
+            pending.append(encoder.role())
             if first is not None:
                 pending.append(encoder.text(first))
                 await _pump(send, iterator, encoder, pending)
@@ -100,7 +102,8 @@ async def stream_answer(
             send, error.status, error.body(), [*headers, *error.headers, *provider_headers]
         )
         return error.status
-    await send({"type": "http.response.body", "body": error.event()})
+    pending.append(error.event())
+    await send({"type": "http.response.body", "body": b"".join(pending)})
     return error.status
 
 
