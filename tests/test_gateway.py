@@ -7,6 +7,7 @@ Driven by the official ``openai`` SDK (sync and async, streamed and not) and by 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import json
 import socket
 import subprocess
@@ -17,9 +18,9 @@ from typing import Any
 
 import pytest
 import requests
+from tests.gateway_support import FAST_ROUTER, Gateway, metric_value, provider_tables
 
 from provhub.testing import Behaviour, FakeUpstream, Fault
-from tests.gateway_support import FAST_ROUTER, Gateway, metric_value, provider_tables
 
 openai = pytest.importorskip("openai")
 
@@ -305,10 +306,13 @@ def test_failure_after_the_first_token_is_an_sse_error_event_then_the_end(
     # The SDK raises on it, after yielding what came before.
     post(gateway, {"model": "gpt-4", "messages": HI})
     upstreams.a.script(Behaviour(chunks=5, fault=Fault.DROP_MID_STREAM, fault_after=2))
-    seen = []
+    seen: list[Any] = []
+
+    def consume() -> None:
+        seen.extend(client.chat.completions.create(model="gpt-4", messages=HI, stream=True))
+
     with pytest.raises(openai.APIError, match="broke after"):
-        for chunk in client.chat.completions.create(model="gpt-4", messages=HI, stream=True):
-            seen.append(chunk)
+        consume()
     assert seen
 
 
@@ -389,7 +393,7 @@ def test_paced_tokens_are_forwarded_as_they_arrive(gateway: Gateway, upstreams: 
                 arrivals.append(time.monotonic() - started)
     assert len(arrivals) == 4
     # Each token goes out when it arrives, not when the next one does.
-    gaps = [b - a for a, b in zip(arrivals, arrivals[1:], strict=False)]
+    gaps = [b - a for a, b in itertools.pairwise(arrivals)]
     assert all(0.15 < gap < 0.6 for gap in gaps), gaps
 
 
