@@ -30,6 +30,10 @@ connect = 2.0
 first_token = 3.0
 idle = 2.0
 total = 10.0
+
+# The shipped Lockchat serves gpt-4 too: a fallback must never leave the machine.
+[providers.Lockchat]
+enabled = false
 """
 
 
