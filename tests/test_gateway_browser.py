@@ -1,4 +1,4 @@
-"""The status page ``GET /`` in a real headless Chromium (Debian's ``chromium`` + ``chromium-driver``).
+"""The status page ``GET /`` in a real headless Chromium (Debian's chromium + chromium-driver).
 
 The page is driven through Selenium and the system chromedriver; no browser is downloaded.
 A screenshot is kept as a test artifact (``tests/artifacts/status-page.png``, git-ignored).
@@ -15,9 +15,9 @@ from typing import Any
 
 import pytest
 import requests
+from tests.gateway_support import FAST_ROUTER, Gateway, provider_tables
 
 from provhub.testing import Behaviour, FakeUpstream
-from tests.gateway_support import FAST_ROUTER, Gateway, provider_tables
 
 pytestmark = pytest.mark.browser
 
