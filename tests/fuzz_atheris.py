@@ -30,7 +30,7 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 with atheris.instrument_imports():
     from provhub import InvalidRequestError, ProviderError, parse_chat_stream
-    from provhub._router import validate_messages
+    from provhub._request import validate_messages
     from provhub._sse import SSEDecodeError, SSEDecoder
 
 # The oracle lives with the tests, so both fuzzers check the same thing.

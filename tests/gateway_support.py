@@ -44,14 +44,19 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def provider_tables(upstreams: Mapping[str, Any], models: Iterable[str] = ("gpt-4",)) -> str:
+def provider_tables(
+    upstreams: Mapping[str, Any],
+    models: Iterable[str] = ("gpt-4",),
+    capabilities: Iterable[str] = (),
+) -> str:
     """``[providers.NAME]`` tables pointing at fake upstreams (priority in the given order)."""
     out = []
     shown = ", ".join(f'"{m}"' for m in models)
+    caps = ", ".join(f'"{c}"' for c in capabilities)
     for index, (name, upstream) in enumerate(upstreams.items()):
         out.append(
             f'[providers.{name}]\ntype = "openai-compatible"\nbase_url = "{upstream.base_url}"\n'
-            f"models = [{shown}]\npriority = {100 - index}\n"
+            f"models = [{shown}]\npriority = {100 - index}\ncapabilities = [{caps}]\n"
         )
     return "\n".join(out)
 

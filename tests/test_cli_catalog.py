@@ -26,6 +26,7 @@ PROVIDER_KEYS = {
     "capabilities",
     "models",
     "aliases",
+    "model_capabilities",
     "default_model",
     "source",
 }
@@ -38,6 +39,7 @@ PLUGIN_KEYS = {
     "error",
     "stage",
     "entry_point",
+    "unavailable",
 }
 
 

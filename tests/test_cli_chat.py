@@ -298,7 +298,7 @@ def test_chat_no_stream_prints_the_whole_answer(
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
-        pytest.param(["chat", "hi"], "", "required: -m/--model", id="missing-model"),
+        pytest.param(["chat", "hi"], "", "no model given", id="missing-model"),
         pytest.param(["chat", "-m", "gpt-4", "--bogus", "hi"], "", "unrecognized", id="bad-flag"),
         pytest.param(["chat", "-m", "gpt-4", "-t", "warm", "hi"], "", "invalid float", id="bad-t"),
         pytest.param(

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 
 from provhub import (
+    AbstractProvider,
     Config,
     ConfigError,
     Hub,
@@ -564,11 +565,39 @@ def test_toml_nan_and_inf_are_refused(places: dict[str, Path]) -> None:
 
 
 def test_a_typo_in_a_plain_provider_table_is_a_config_error_naming_the_key() -> None:
+    # Checked by the hub once the providers are registered: only Lockchat knows
+    # which extra keys (config_keys) it accepts.
+    config = Config.from_mapping({"providers": {"Lockchat": {"prority": 5}}})
     with pytest.raises(ConfigError) as caught:
-        Config.from_mapping({"providers": {"Lockchat": {"prority": 5}}})
+        Hub(config)
 
     assert caught.value.key == "providers.Lockchat.prority"
     assert "unknown key" in caught.value.reason
+    assert "did you mean 'priority'" in caught.value.reason
+
+
+def test_a_provider_accepts_the_extra_keys_it_declares_in_config_keys() -> None:
+    class Tunable(AbstractProvider):
+        supports_gpt_4 = True
+        config_keys = ("region",)
+
+        @staticmethod
+        def create_completion(model: str, messages: Any, stream: bool, **kwargs: Any) -> Any:
+            yield "ok"
+
+    config = Config.from_mapping({"providers": {"Tunable": {"region": "eu"}}})
+    hub = Hub(config, load_plugins=False)
+    hub.register(Tunable)
+    assert hub.config.providers["Tunable"].extra == {"region": "eu"}
+
+    class Strict(Tunable):
+        config_keys = ()
+
+    hub = Hub(Config.from_mapping({"providers": {"Strict": {"region": "eu"}}}), load_plugins=False)
+    with pytest.raises(ConfigError, match="unknown key") as caught:
+        hub.register(Strict)
+    assert caught.value.key == "providers.Strict.region"
+    assert hub.providers() == []
 
 
 def test_unknown_keys_in_a_typed_provider_table_are_kept_for_the_type() -> None:

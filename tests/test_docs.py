@@ -301,6 +301,17 @@ root = Path.cwd() / "site"
 (root / "broken_dist-0.1.dist-info" / "entry_points.txt").write_text(
     "[provhub]\nbroken = broken_plugin_module\n")
 (root / "broken_plugin_module.py").write_text("raise ImportError('boom')\n")
+# One whose provider needs a missing optional dependency: provider.unavailable.
+(root / "partial_dist-0.1.dist-info").mkdir(parents=True)
+(root / "partial_dist-0.1.dist-info" / "METADATA").write_text(
+    "Metadata-Version: 2.1\nName: partial-dist\nVersion: 0.1\n")
+(root / "partial_dist-0.1.dist-info" / "entry_points.txt").write_text(
+    "[provhub]\npartial = partial_plugin_module\n")
+(root / "partial_plugin_module.py").write_text(
+    "import provhub\n"
+    "@provhub.hookimpl\n"
+    "def provhub_register_providers(register):\n"
+    "    register.unavailable('fancy', 'needs fancylib: pip install partial-dist[fancy]')\n")
 sys.path.insert(0, str(root))
 
 from provhub import AllProvidersFailedError, Config, Hub, NoProviderError, StreamInterruptedError

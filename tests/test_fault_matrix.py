@@ -146,19 +146,19 @@ FAULTS: dict[str, FaultCase] = {
         FATAL,
         Outcome(answer="".join(PRIMARY_TOKENS) + "x" * (1 << 20)),
     ),
-    # The error object says code 500 (server_error): retryable in a stream. Without
-    # streaming the provider maps an error body to a non-retryable protocol error.
+    # The error object says code 500 (server_error): retryable, in a stream and in a
+    # 200 body alike (one wire-format mapping for both).
     "error_object": FaultCase(
         (),
         _fault(Fault.ERROR_OBJECT),
         Outcome(attempts=1, status=500, retryable=True, interrupted=True, partial=FIRST),
-        FATAL,
+        Outcome(attempts=2, status=500, retryable=True),
     ),
     "error_object_first": FaultCase(
         (),
         _fault(Fault.ERROR_OBJECT, fault_after=0),
         Outcome(attempts=2, status=500, retryable=True),
-        FATAL,
+        Outcome(attempts=2, status=500, retryable=True),
     ),
     # One byte every 50 ms: each read is inside the idle budget, but the first token (the
     # whole body without streaming) misses the first-token budget.

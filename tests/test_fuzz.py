@@ -22,6 +22,7 @@ from hypothesis import strategies as st
 from conftest import make_config
 from provhub import (
     AllProvidersFailedError,
+    Capability,
     FinishReason,
     Hub,
     InvalidRequestError,
@@ -30,7 +31,7 @@ from provhub import (
     Usage,
     parse_chat_stream,
 )
-from provhub._router import validate_messages
+from provhub._request import validate_messages
 from provhub._sse import SSEDecodeError, SSEDecoder
 from provhub.testing import Behaviour, FakeUpstream
 from provhub_providers.openai_compatible import OpenAICompatible
@@ -204,7 +205,10 @@ def test_any_event_stream_body_through_the_transport_gives_tokens_or_a_typed_err
             make_config(retries=0, breaker_threshold=1_000_000, timeouts=FAST),
             load_plugins=False,
         )
-        hub.register(OpenAICompatible("fuzzed", upstream.base_url, ["gpt-4"]))
+        # Every capability: a message list that validates must never be refused for it.
+        hub.register(
+            OpenAICompatible("fuzzed", upstream.base_url, ["gpt-4"], capabilities=~Capability.NONE)
+        )
 
         @settings(suppress_health_check=[HealthCheck.too_slow])
         @given(body=EVENT_STREAMS, status=st.sampled_from([200, 200, 200, 400, 500]))
@@ -300,7 +304,10 @@ def test_any_message_list_is_answered_or_refused_with_invalid_request_error() ->
         hub = Hub(
             make_config(retries=0, breaker_threshold=1_000_000, timeouts=FAST), load_plugins=False
         )
-        hub.register(OpenAICompatible("fuzzed", upstream.base_url, ["gpt-4"]))
+        # Every capability: a message list that validates must never be refused for it.
+        hub.register(
+            OpenAICompatible("fuzzed", upstream.base_url, ["gpt-4"], capabilities=~Capability.NONE)
+        )
         expected = Behaviour().answer_tokens()
 
         @settings(suppress_health_check=[HealthCheck.too_slow])

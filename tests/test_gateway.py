@@ -37,9 +37,10 @@ class Upstreams:
         self.limited = FakeUpstream()
         self.broken = FakeUpstream(default=Behaviour(status=500))
         self.slow = FakeUpstream(default=Behaviour(chunks=200, chunk_delay=0.05))
+        self.tools = FakeUpstream()
 
     def all(self) -> list[FakeUpstream]:
-        return [self.a, self.b, self.limited, self.broken, self.slow]
+        return [self.a, self.b, self.limited, self.broken, self.slow, self.tools]
 
 
 @pytest.fixture(scope="module")
@@ -63,6 +64,11 @@ def gateway(upstreams: Upstreams) -> Iterator[Gateway]:
             provider_tables({"limited": upstreams.limited}, models=["rl-model"]),
             provider_tables({"broken": upstreams.broken}, models=["broken-model"]),
             provider_tables({"slow": upstreams.slow}, models=["slow-model"]),
+            provider_tables(
+                {"tooly": upstreams.tools},
+                models=["tool-model"],
+                capabilities=["tools", "reasoning"],
+            ),
         ]
     )
     with Gateway(config) as server:
@@ -165,6 +171,187 @@ def test_params_pass_through_to_the_upstream(client: Any, upstreams: Upstreams) 
     assert (sent["temperature"], sent["max_tokens"], sent["seed"]) == (0.25, 7, 3)
 
 
+# -- tool calls, reasoning and refusals pass through ----------------------------------------
+
+WEATHER_TOOL = {
+    "type": "function",
+    "function": {
+        "name": "get_weather",
+        "description": "Weather in a city",
+        "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+    },
+}
+
+
+def _chunk(delta: dict[str, Any], finish: str | None = None) -> bytes:
+    choice = {"index": 0, "delta": delta, "finish_reason": finish}
+    payload = {"id": "up-1", "object": "chat.completion.chunk", "created": 1, "model": "tool-model"}
+    return b"data: " + json.dumps({**payload, "choices": [choice]}).encode() + b"\n\n"
+
+
+TOOL_STREAM = b"".join(
+    [
+        _chunk({"role": "assistant", "content": None}),
+        _chunk({"reasoning_content": "The user wants weather."}),
+        _chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 0,
+                        "id": "call_1",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": ""},
+                    }
+                ]
+            }
+        ),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]}),
+        _chunk({"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]}),
+        _chunk(
+            {
+                "tool_calls": [
+                    {
+                        "index": 1,
+                        "id": "call_2",
+                        "type": "function",
+                        "function": {"name": "get_weather", "arguments": '{"city": "Rome"}'},
+                    }
+                ]
+            }
+        ),
+        _chunk({}, "tool_calls"),
+        b'data: {"id":"up-1","object":"chat.completion.chunk","created":1,"model":"tool-model",'
+        b'"choices":[],"usage":{"prompt_tokens":9,"completion_tokens":12,"total_tokens":21,'
+        b'"completion_tokens_details":{"reasoning_tokens":5}}}\n\n',
+        b"data: [DONE]\n\n",
+    ]
+)
+TOOL_BODY = json.dumps(
+    {
+        "id": "up-2",
+        "object": "chat.completion",
+        "created": 1,
+        "model": "tool-model",
+        "choices": [
+            {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_9",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                        }
+                    ],
+                },
+                "finish_reason": "tool_calls",
+            }
+        ],
+        "usage": {"prompt_tokens": 9, "completion_tokens": 7, "total_tokens": 16},
+    }
+).encode()
+
+
+def test_sdk_stream_receives_tool_calls_reasoning_and_usage(
+    client: Any, upstreams: Upstreams
+) -> None:
+    upstreams.tools.script(Behaviour(body=TOOL_STREAM, content_type="text/event-stream"))
+    chunks = list(
+        client.chat.completions.create(
+            model="tool-model",
+            messages=[{"role": "user", "content": "Weather in Paris and Rome?"}],
+            tools=[WEATHER_TOOL],
+            tool_choice="auto",
+            stream=True,
+            stream_options={"include_usage": True},
+        )
+    )
+    calls: dict[int, dict[str, str]] = {}
+    reasoning = ""
+    for chunk in chunks:
+        if not chunk.choices:
+            continue
+        delta = chunk.choices[0].delta
+        reasoning += (delta.model_extra or {}).get("reasoning_content") or ""
+        for call in delta.tool_calls or []:
+            entry = calls.setdefault(call.index, {"id": "", "name": "", "arguments": ""})
+            entry["id"] += call.id or ""
+            entry["name"] += (call.function.name if call.function else None) or ""
+            entry["arguments"] += (call.function.arguments if call.function else None) or ""
+    assert calls == {
+        0: {"id": "call_1", "name": "get_weather", "arguments": '{"city": "Paris"}'},
+        1: {"id": "call_2", "name": "get_weather", "arguments": '{"city": "Rome"}'},
+    }
+    assert reasoning == "The user wants weather."
+    finals = [
+        c.choices[0].finish_reason for c in chunks if c.choices and c.choices[0].finish_reason
+    ]
+    assert finals == ["tool_calls"]
+    usage = chunks[-1].usage
+    assert usage is not None
+    assert usage.total_tokens == 21
+    assert usage.completion_tokens_details is not None
+    assert usage.completion_tokens_details.reasoning_tokens == 5
+    # The tools went to the upstream as the client sent them.
+    sent = upstreams.tools.requests[0].json
+    assert sent["tools"] == [WEATHER_TOOL]
+    assert sent["tool_choice"] == "auto"
+
+
+def test_sdk_completion_receives_tool_calls_and_can_answer_them(
+    client: Any, upstreams: Upstreams
+) -> None:
+    upstreams.tools.script(Behaviour(body=TOOL_BODY))
+    question = [{"role": "user", "content": "Weather in Oslo?"}]
+    completion = client.chat.completions.create(
+        model="tool-model", messages=question, tools=[WEATHER_TOOL]
+    )
+    message = completion.choices[0].message
+    assert completion.choices[0].finish_reason == "tool_calls"
+    assert message.content is None
+    assert message.tool_calls is not None
+    (call,) = message.tool_calls
+    assert (call.id, call.function.name) == ("call_9", "get_weather")
+    assert json.loads(call.function.arguments) == {"city": "Oslo"}
+    # The next turn answers the call: assistant tool_calls + a tool message pass through.
+    upstreams.tools.script(Behaviour(tokens=("It is ", "sunny.")))
+    answer = client.chat.completions.create(
+        model="tool-model",
+        messages=[
+            *question,
+            message.model_dump(exclude_none=True),
+            {"role": "tool", "tool_call_id": "call_9", "content": '{"sky": "clear"}'},
+        ],
+        tools=[WEATHER_TOOL],
+    )
+    assert answer.choices[0].message.content == "It is sunny."
+    sent = upstreams.tools.requests[-1].json["messages"]
+    assert sent[1]["tool_calls"][0]["id"] == "call_9"
+    assert sent[2] == {"role": "tool", "tool_call_id": "call_9", "content": '{"sky": "clear"}'}
+
+
+def test_tools_for_a_model_without_tool_support_are_400(gateway: Gateway) -> None:
+    response = post(gateway, {"model": "gpt-4", "messages": HI, "tools": [WEATHER_TOOL]})
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "unsupported_capability"
+    assert "tools" in error["message"]
+
+
+def test_invalid_tool_definition_is_400_naming_the_param(gateway: Gateway) -> None:
+    response = post(gateway, {"model": "tool-model", "messages": HI, "tools": [{"type": "x"}]})
+    assert response.status_code == 400
+    assert response.json()["error"]["param"].startswith("tools")
+
+
+def test_misspelt_param_is_400_with_a_suggestion(gateway: Gateway) -> None:
+    response = post(gateway, {"model": "gpt-4", "messages": HI, "tempreature": 0.5})
+    assert response.status_code == 400
+    assert "temperature" in response.json()["error"]["message"]
+
+
 # -- routing: fallback, rate limits, breakers -----------------------------------------------
 
 
@@ -253,7 +440,11 @@ def test_unknown_model_is_404_with_suggestions(gateway: Gateway, client: Any) ->
         (b"[1, 2]", None, "must be a JSON object"),
         (b'{"messages": []}', "model", "'model' is required"),
         (b'{"model": "gpt-4"}', "messages", "'messages' is required"),
-        (b'{"model": "gpt-4", "messages": [{"role": "bot", "content": "x"}]}', "messages", "role"),
+        (
+            b'{"model": "gpt-4", "messages": [{"role": "bot", "content": "x"}]}',
+            "messages[0]",
+            "role",
+        ),
         (b'{"model": "gpt-4", "messages": [], "stream": "yes"}', "stream", "true or false"),
         (b'{"model": "gpt-4", "messages": [], "n": 3}', "n", "'n': 1"),
         (b'{"model": "gpt-4", "messages": [], "provider": "a"}', "provider", "not accepted"),

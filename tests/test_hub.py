@@ -18,6 +18,7 @@ import pytest
 import provhub
 from provhub import (
     AllProvidersFailedError,
+    Capability,
     Hub,
     InvalidRequestError,
     ModelNotFoundError,
@@ -312,12 +313,13 @@ def test_bad_messages_raise_invalid_request_naming_the_message(
 
 def test_all_four_roles_are_accepted(make_hub: MakeHub, upstream: FakeUpstream) -> None:
     hub = make_hub()
-    hub.register(endpoint("a", upstream))
+    hub.register(OpenAICompatible("a", upstream.base_url, ["gpt-4"], capabilities=Capability.TOOLS))
+    call = {"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
     messages = [
         {"role": "system", "content": "s"},
         {"role": "user", "content": "u"},
-        {"role": "assistant", "content": None},
-        {"role": "tool", "content": "t"},
+        {"role": "assistant", "content": None, "tool_calls": [call]},
+        {"role": "tool", "content": "t", "tool_call_id": "c1"},
     ]
     assert hub.complete("gpt-4", messages).text == Behaviour().text()
     assert upstream.requests[0].json["messages"] == messages

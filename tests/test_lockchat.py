@@ -132,17 +132,29 @@ def test_seed_non_stream_example_returns_the_whole_answer_as_str(facade: FakeUps
     assert_seed_wire_request(sent, model="gpt-4", messages=HI)
 
 
-def test_facade_converts_string_temperature_to_float_and_sends_nothing_else(
+def test_facade_sends_the_temperature_as_a_float_and_nothing_else(
     facade: FakeUpstream,
 ) -> None:
     answer = provhub.ChatCompletion.create(
-        model="gpt-4", messages=HI, provider=Lockchat, temperature="0.3", max_tokens=5
+        model="gpt-4", messages=HI, provider=Lockchat, temperature=0.3, max_tokens=5
     )
 
     assert answer == Behaviour().text()
     (sent,) = facade.requests
     assert_seed_wire_request(sent, model="gpt-4", messages=HI, temperature=0.3)
     assert b'"temperature":0.3' in sent.body
+
+
+def test_facade_refuses_a_string_temperature_before_sending_anything(
+    facade: FakeUpstream,
+) -> None:
+    # Through a hub, params are validated (SPEC §11); called directly, Lockchat still
+    # converts with float() as the seed did (see below).
+    with pytest.raises(provhub.InvalidRequestError, match=r"temperature must be a number"):
+        provhub.ChatCompletion.create(
+            model="gpt-4", messages=HI, provider=Lockchat, temperature="0.3"
+        )
+    assert facade.requests == []
 
 
 # -- called directly -------------------------------------------------------------------------

@@ -21,12 +21,13 @@ from provhub import (
     InvalidRequestError,
     ProvhubError,
 )
-from provhub._router import required_capabilities, validate_messages
+from provhub._request import required_capabilities, validate_messages
 from provhub.testing import FakeUpstream
 from provhub_providers import OpenAICompatible
 
 MakeHub = Callable[..., Hub]
 ROLES = ("system", "user", "assistant", "tool")
+TOOL_CALL = {"id": "1", "type": "function", "function": {"name": "f", "arguments": "{}"}}
 
 
 # -- validate_messages --------------------------------------------------------------------------
@@ -36,9 +37,15 @@ def test_valid_messages_come_back_as_plain_dict_copies() -> None:
     original = [
         MappingProxyType({"role": "system", "content": "s"}),
         {"role": "user", "content": "u", "name": "alice"},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "1"}]},
+        {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
         {"role": "tool", "content": "42", "tool_call_id": "1"},
-        {"role": "user", "content": [{"type": "text", "text": "look"}, {"type": "image_url"}]},
+        {
+            "role": "user",
+            "content": [
+                {"type": "text", "text": "look"},
+                {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}},
+            ],
+        },
     ]
     checked = validate_messages(original)
     assert checked == [dict(m) for m in original]
@@ -98,6 +105,7 @@ _content = st.one_of(
     st.lists(
         st.one_of(
             st.fixed_dictionaries({"type": st.text(max_size=5)}),
+            st.fixed_dictionaries({"type": st.just("text"), "text": st.text(max_size=5)}),
             st.dictionaries(st.text(max_size=5), st.text(max_size=5), max_size=2),
             st.text(max_size=5),
         ),
@@ -119,17 +127,25 @@ _message = st.one_of(
 @given(st.lists(_message, max_size=6))
 def test_validation_accepts_exactly_well_formed_messages(messages: list[Any]) -> None:
     def well_formed(message: Any) -> bool:
-        if not isinstance(message, Mapping) or message.get("role") not in ROLES:
+        # A tool message must answer an earlier tool call, which this generator never makes.
+        if not isinstance(message, Mapping) or message.get("role") not in ROLES[:3]:
             return False
         if "content" not in message:
+            return False
+        if not isinstance(message.get("name", ""), str):
             return False
         content = message["content"]
         if isinstance(content, str):
             return True
         if content is None:
-            return message["role"] in {"assistant", "tool"}
+            return message["role"] == "assistant"
         if isinstance(content, list):
-            return all(isinstance(p, Mapping) and isinstance(p.get("type"), str) for p in content)
+            return bool(content) and all(
+                isinstance(p, Mapping)
+                and p.get("type") == "text"
+                and isinstance(p.get("text"), str)
+                for p in content
+            )
         return False
 
     if messages and all(well_formed(m) for m in messages):
@@ -157,18 +173,23 @@ def test_messages_require_system_message_and_history_exactly_when_used(
     assert asked in needed
     assert (Capability.SYSTEM_MESSAGE in needed) == ("system" in roles)
     assert (Capability.MESSAGE_HISTORY in needed) == (roles.count("user") > 1)
-    extra = needed & ~asked & ~(Capability.SYSTEM_MESSAGE | Capability.MESSAGE_HISTORY)
+    assert (Capability.TOOLS in needed) == ("tool" in roles)
+    extra = (
+        needed
+        & ~asked
+        & ~(Capability.SYSTEM_MESSAGE | Capability.MESSAGE_HISTORY | Capability.TOOLS)
+    )
     assert extra == Capability.NONE
 
 
-def test_assistant_and_tool_turns_alone_do_not_need_history() -> None:
+def test_assistant_and_tool_turns_need_tools_but_not_history() -> None:
     messages = [
         {"role": "user", "content": "q"},
-        {"role": "assistant", "content": None},
-        {"role": "tool", "content": "r"},
+        {"role": "assistant", "content": None, "tool_calls": [TOOL_CALL]},
+        {"role": "tool", "content": "r", "tool_call_id": "1"},
         {"role": "assistant", "content": "a"},
     ]
-    assert required_capabilities(messages) == Capability.NONE
+    assert required_capabilities(messages) == Capability.TOOLS
 
 
 # -- through the hub ------------------------------------------------------------------------
@@ -206,11 +227,11 @@ def test_provider_receives_the_messages_and_cannot_mutate_the_callers(make_hub: 
 
 def test_messages_reach_the_upstream_unchanged(make_hub: MakeHub, upstream: FakeUpstream) -> None:
     hub = make_hub()
-    hub.register(OpenAICompatible("a", upstream.base_url, ["gpt-4"]))
+    hub.register(OpenAICompatible("a", upstream.base_url, ["gpt-4"], capabilities=Capability.TOOLS))
     messages = [
         {"role": "system", "content": "be brief"},
         {"role": "user", "content": 'héllo ✓ \u2028 "quoted"'},
-        {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "type": "function"}]},
+        {"role": "assistant", "content": None, "tool_calls": [{**TOOL_CALL, "id": "c1"}]},
         {"role": "tool", "content": "{}", "tool_call_id": "c1"},
         {"role": "user", "content": [{"type": "text", "text": "and this"}]},
     ]
@@ -222,7 +243,8 @@ def test_messages_reach_the_upstream_unchanged(make_hub: MakeHub, upstream: Fake
     ("call", "reason"),
     [
         (lambda hub: hub.stream("", [{"role": "user", "content": "x"}]), "model must be"),
-        (lambda hub: hub.stream(None, [{"role": "user", "content": "x"}]), "model must be"),
+        (lambda hub: hub.stream(None, [{"role": "user", "content": "x"}]), "no model given"),
+        (lambda hub: hub.stream(7, [{"role": "user", "content": "x"}]), "model must be"),
         (
             lambda hub: hub.stream("gpt-4", [{"role": "user", "content": "x"}], require="stream"),
             "require must be a provhub.Capability",

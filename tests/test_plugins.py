@@ -570,6 +570,7 @@ def test_plugin_record_as_dict_is_json_ready(site: Path) -> None:
         "error": "RuntimeError: nope",
         "stage": "hook",
         "entry_point": record(hub, "broken-plugin").value,
+        "unavailable": [],
     }
 
 

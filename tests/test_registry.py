@@ -105,6 +105,10 @@ def test_duck_typed_class_without_the_base_gets_spec_defaults() -> None:
         "supports_system_message": True,
         "supports_gpt_35_turbo": False,
         "supports_gpt_4": False,
+        "supports_tools": False,
+        "supports_vision": False,
+        "supports_structured_output": False,
+        "supports_reasoning": False,
     }
     assert info.url is None
 
@@ -390,7 +394,16 @@ def test_hub_providers_filters_by_model_and_required_capabilities() -> None:
 
 # -- properties --------------------------------------------------------------------------------
 
-ATTRIBUTES = (*FLAG_NAMES, "name", "url", "models", "model_aliases", "default_model")
+ATTRIBUTES = (
+    *FLAG_NAMES,
+    "name",
+    "url",
+    "models",
+    "model_aliases",
+    "default_model",
+    "model_capabilities",
+    "config_keys",
+)
 FORMS = ("static", "class", "instance", "plain", "none", "duck")
 
 anything = st.one_of(
@@ -481,6 +494,10 @@ def assert_consistent(info: ProviderInfo, candidate: Any) -> None:
         ("supports_message_history", Capability.MESSAGE_HISTORY),
         ("supports_system_message", Capability.SYSTEM_MESSAGE),
         ("needs_auth", Capability.AUTH),
+        ("supports_tools", Capability.TOOLS),
+        ("supports_vision", Capability.VISION),
+        ("supports_structured_output", Capability.STRUCTURED_OUTPUT),
+        ("supports_reasoning", Capability.REASONING),
     ):
         if info.flags[flag]:
             expected |= capability

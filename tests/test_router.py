@@ -27,7 +27,8 @@ from provhub import (
 )
 from provhub._health import Health
 from provhub._registry import Registry, describe
-from provhub._router import RoutePlan, Router, backoff_delay, required_capabilities
+from provhub._request import required_capabilities
+from provhub._router import RoutePlan, Router, backoff_delay
 
 USER = {"role": "user", "content": "hi"}
 SYSTEM = {"role": "system", "content": "be brief"}

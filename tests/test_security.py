@@ -37,7 +37,7 @@ from provhub import (
     Transport,
     provider_call,
 )
-from provhub._transport import RequestTooLargeError
+from provhub._errors import RequestTooLargeError
 from provhub.testing import Behaviour, FakeUpstream, Fault, unused_port_url
 from provhub_providers.openai_compatible import OpenAICompatible
 

@@ -90,12 +90,16 @@ def test_g4f_style_provider_ports_with_an_import_change() -> None:
 # -- Capability --------------------------------------------------------------------------------
 
 
-def test_capability_has_the_four_spec_members() -> None:
+def test_capability_has_the_spec_members() -> None:
     assert {m.name for m in Capability if m.value} == {
         "STREAM",
         "MESSAGE_HISTORY",
         "SYSTEM_MESSAGE",
         "AUTH",
+        "TOOLS",
+        "VISION",
+        "STRUCTURED_OUTPUT",
+        "REASONING",
     }
     assert issubclass(Capability, __import__("enum").Flag)
 
@@ -196,10 +200,15 @@ def test_provider_info_as_dict_is_a_json_ready_copy(info: ProviderInfo) -> None:
             "supports_system_message": True,
             "supports_gpt_35_turbo": True,
             "supports_gpt_4": True,
+            "supports_tools": False,
+            "supports_vision": False,
+            "supports_structured_output": False,
+            "supports_reasoning": False,
         },
         "capabilities": ["stream", "message_history", "system_message"],
         "models": ["gpt-3.5-turbo", "gpt-4"],
         "aliases": {"smart": "gpt-4"},
+        "model_capabilities": {},
         "default_model": None,
         "source": "tests",
     }

@@ -31,7 +31,7 @@ from provhub import (
     Usage,
     parse_chat_stream,
 )
-from provhub._transport import CancelToken
+from provhub._cancel import CancelToken
 from provhub.testing import Behaviour, FakeUpstream, Fault, unused_port_url
 
 MESSAGES = [{"role": "user", "content": "Say hi"}]

@@ -10,18 +10,6 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from provhub._errors import (
-    AllProvidersFailedError,
-    ConfigError,
-    InvalidRequestError,
-    ModelNotFoundError,
-    NoProviderError,
-    PluginLoadError,
-    ProvhubError,
-    ProviderError,
-    ProviderSpecError,
-    StreamInterruptedError,
-)
 from provhub._spec import (
     GPT_4,
     GPT_35_TURBO,
@@ -31,11 +19,17 @@ from provhub._spec import (
     FinishReason,
     Messages,
     ProviderInfo,
+    Reasoning,
+    Refusal,
+    StreamItem,
+    ToolCallDelta,
     Usage,
 )
 
 if TYPE_CHECKING:
     from provhub._aio import AsyncStream
+    from provhub._attempt import Attempt
+    from provhub._cancel import CancelToken
     from provhub._config import (
         Config,
         Limits,
@@ -47,25 +41,40 @@ if TYPE_CHECKING:
         load_config,
     )
     from provhub._context import CallContext, provider_call
-    from provhub._events import configure_logging
-    from provhub._facade import ChatCompletion
-    from provhub._hub import Hub
-    from provhub._plugins import PluginRecord, PluginStatus, hookimpl, hookspec
-    from provhub._router import Attempt, RoutePlan
-    from provhub._stream import Completion, Stream
-    from provhub._transport import (
-        Transport,
+    from provhub._errors import (
+        AllProvidersFailedError,
+        ConfigError,
+        FailureKind,
+        InvalidRequestError,
+        ModelNotFoundError,
+        NoProviderError,
+        PluginLoadError,
+        ProvhubError,
+        ProviderError,
+        ProviderSpecError,
+        RequestTooLargeError,
+        StreamInterruptedError,
         UpstreamConnectionError,
         UpstreamHTTPError,
         UpstreamProtocolError,
         UpstreamTimeoutError,
-        parse_chat_stream,
     )
+    from provhub._events import configure_logging
+    from provhub._facade import ChatCompletion
+    from provhub._hub import Hub
+    from provhub._openai import parse_chat_completion, parse_chat_stream
+    from provhub._plugins import PluginRecord, PluginStatus, Registrar, hookimpl, hookspec
+    from provhub._router import RoutePlan
+    from provhub._stream import Completion, Stream
+    from provhub._toolcalls import ToolCall
+    from provhub._transport import Transport
 
 __version__ = "0.1.0"
 
 _LAZY = {
     "AsyncStream": "provhub._aio",
+    "Attempt": "provhub._attempt",
+    "CancelToken": "provhub._cancel",
     "Config": "provhub._config",
     "Limits": "provhub._config",
     "ProviderConfig": "provhub._config",
@@ -79,20 +88,34 @@ _LAZY = {
     "configure_logging": "provhub._events",
     "ChatCompletion": "provhub._facade",
     "Hub": "provhub._hub",
+    "parse_chat_completion": "provhub._openai",
+    "parse_chat_stream": "provhub._openai",
     "PluginRecord": "provhub._plugins",
     "PluginStatus": "provhub._plugins",
+    "Registrar": "provhub._plugins",
     "hookimpl": "provhub._plugins",
     "hookspec": "provhub._plugins",
-    "Attempt": "provhub._router",
     "RoutePlan": "provhub._router",
     "Completion": "provhub._stream",
     "Stream": "provhub._stream",
+    "ToolCall": "provhub._toolcalls",
     "Transport": "provhub._transport",
-    "UpstreamConnectionError": "provhub._transport",
-    "UpstreamHTTPError": "provhub._transport",
-    "UpstreamProtocolError": "provhub._transport",
-    "UpstreamTimeoutError": "provhub._transport",
-    "parse_chat_stream": "provhub._transport",
+    "AllProvidersFailedError": "provhub._errors",
+    "ConfigError": "provhub._errors",
+    "FailureKind": "provhub._errors",
+    "InvalidRequestError": "provhub._errors",
+    "ModelNotFoundError": "provhub._errors",
+    "NoProviderError": "provhub._errors",
+    "PluginLoadError": "provhub._errors",
+    "ProvhubError": "provhub._errors",
+    "ProviderError": "provhub._errors",
+    "ProviderSpecError": "provhub._errors",
+    "RequestTooLargeError": "provhub._errors",
+    "StreamInterruptedError": "provhub._errors",
+    "UpstreamConnectionError": "provhub._errors",
+    "UpstreamHTTPError": "provhub._errors",
+    "UpstreamProtocolError": "provhub._errors",
+    "UpstreamTimeoutError": "provhub._errors",
 }
 
 
@@ -118,12 +141,14 @@ __all__ = [
     "AsyncStream",
     "Attempt",
     "CallContext",
+    "CancelToken",
     "Capability",
     "ChatCompletion",
     "Completion",
     "Config",
     "ConfigError",
     "CreateResult",
+    "FailureKind",
     "FinishReason",
     "Hub",
     "InvalidRequestError",
@@ -139,13 +164,20 @@ __all__ = [
     "ProviderError",
     "ProviderInfo",
     "ProviderSpecError",
+    "Reasoning",
+    "Refusal",
+    "Registrar",
+    "RequestTooLargeError",
     "RoutePlan",
     "RouterConfig",
     "ServerConfig",
     "Strategy",
     "Stream",
     "StreamInterruptedError",
+    "StreamItem",
     "Timeouts",
+    "ToolCall",
+    "ToolCallDelta",
     "Transport",
     "UpstreamConnectionError",
     "UpstreamHTTPError",
@@ -157,6 +189,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_config",
+    "parse_chat_completion",
     "parse_chat_stream",
     "provider_call",
 ]

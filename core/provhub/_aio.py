@@ -17,13 +17,14 @@ import contextvars
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Generator
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from provhub._router import Attempt
-    from provhub._spec import Usage
+    from provhub._attempt import Attempt
+    from provhub._spec import StreamItem, Usage
     from provhub._stream import Completion, Stream
+    from provhub._toolcalls import ToolCall
 
 __all__ = ["AsyncStream"]
 
@@ -45,6 +46,7 @@ class _Channel:
 
     def __init__(self, stream: Stream) -> None:
         self.stream = stream
+        self.gen: Generator[StreamItem, None, None] | None = None
         self.buffer: collections.deque[Any] = collections.deque()
         self.lock = threading.Lock()
         self.space = threading.Condition(self.lock)
@@ -56,8 +58,10 @@ class _Channel:
     def work(self) -> None:
         count = 0
         last_yield = time.monotonic()
+        gen = self.gen
+        assert gen is not None
         try:
-            for token in self.stream._gen:
+            for token in gen:
                 count += 1
                 if not count & 63 and time.monotonic() - last_yield > _GIL_SLICE:
                     # A burst of tokens keeps this thread busy; handing the GIL
@@ -80,7 +84,7 @@ class _Channel:
         except BaseException as exc:  # delivered to the consumer, not lost
             self.error = exc
         finally:
-            self.stream._gen.close()  # closes the upstream connection
+            gen.close()  # closes the upstream connection
             with self.lock:
                 self.buffer.append(_DONE)
             self.wake()
@@ -151,8 +155,23 @@ class AsyncStream:
 
     @property
     def text(self) -> str:
-        """Everything delivered so far."""
+        """The text delivered so far."""
         return self._stream.text
+
+    @property
+    def tool_calls(self) -> list[ToolCall]:
+        """Tool calls assembled so far (complete once the stream ended)."""
+        return self._stream.tool_calls
+
+    @property
+    def reasoning(self) -> str | None:
+        """Reasoning text delivered so far, or None."""
+        return self._stream.reasoning
+
+    @property
+    def refusal(self) -> str | None:
+        """Refusal text delivered so far, or None."""
+        return self._stream.refusal
 
     def __repr__(self) -> str:
         return f"<AsyncStream {self._stream!r}>"
@@ -162,8 +181,16 @@ class AsyncStream:
         return self
 
     async def __anext__(self) -> str:
+        return await self._next(True)  # type: ignore[no-any-return]
+
+    def items(self) -> AsyncIterator[StreamItem]:
+        """Every item in arrival order, as :meth:`Stream.items` yields them."""
+        return _AsyncItems(self)
+
+    async def _next(self, text_only: bool) -> Any:
         channel = self._channel
         if self._thread is None:
+            channel.gen = self._stream._start(text_only)
             channel.loop = asyncio.get_running_loop()
             context = contextvars.copy_context()
             self._thread = threading.Thread(
@@ -188,7 +215,7 @@ class AsyncStream:
                 error, channel.error = channel.error, None
                 raise error
             raise StopAsyncIteration
-        return item  # type: ignore[no-any-return]
+        return item
 
     async def aclose(self) -> None:
         """Stop the stream and close the upstream connection (idempotent)."""
@@ -197,7 +224,7 @@ class AsyncStream:
         if thread is not None and thread.is_alive():
             await asyncio.to_thread(thread.join, 5.0)
         elif thread is None:
-            self._stream._gen.close()
+            self._stream.close()
 
     async def __aenter__(self) -> AsyncStream:
         return self
@@ -206,21 +233,29 @@ class AsyncStream:
         await self.aclose()
 
 
+class _AsyncItems:
+    """``AsyncStream.items()``: the same stream, read item by item."""
+
+    __slots__ = ("_astream",)
+
+    def __init__(self, astream: AsyncStream) -> None:
+        self._astream = astream
+
+    def __aiter__(self) -> _AsyncItems:
+        return self
+
+    async def __anext__(self) -> StreamItem:
+        return await self._astream._next(False)  # type: ignore[no-any-return]
+
+
 async def acomplete(stream: Stream) -> Completion:
     """Collect a whole answer without blocking the event loop."""
     from provhub._stream import Completion
 
     astream = AsyncStream(stream)
     try:
-        parts = [token async for token in astream]
+        async for _ in astream:
+            pass
     finally:
         await astream.aclose()
-    return Completion(
-        text="".join(parts),
-        provider=stream.provider or "",
-        model=stream.model,
-        request_id=stream.request_id,
-        finish_reason=stream.finish_reason,
-        usage=stream.usage,
-        attempts=tuple(stream.attempts),
-    )
+    return Completion.of(stream._run)

@@ -79,6 +79,7 @@ class RouterConfig:
     breaker_threshold: int = 5
     breaker_cooldown: float = 30.0
     timeouts: Timeouts = Timeouts()
+    default_model: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,8 +87,11 @@ class ProviderConfig:
     """One ``[providers.NAME]`` table.
 
     ``type`` set (e.g. ``"openai-compatible"``) creates a new provider instance;
-    otherwise the table adjusts a registered provider of that name. Unknown keys
-    are kept in ``extra`` for the provider type to interpret.
+    otherwise the table adjusts a registered provider of that name. Other keys
+    are kept in ``extra``: for the provider type to interpret, or, in a table
+    without ``type``, for the provider's declared ``config_keys`` (the hub checks
+    them once the providers are registered: a key the provider does not declare is
+    a :class:`ConfigError`).
     """
 
     name: str
@@ -202,6 +206,19 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
 _CREDENTIAL_HEADERS = frozenset(
     {"authorization", "proxy-authorization", "x-api-key", "api-key", "cookie"}
 )
+COMMON_PROVIDER_KEYS = (
+    "enabled",
+    "priority",
+    "url",
+    "base_url",
+    "api_key_env",
+    "models",
+    "headers",
+    "timeouts",
+    "verify_tls",
+)
+"""Keys every ``[providers.NAME]`` table may hold, whatever the provider."""
+
 _SECRET_KEYS = frozenset({"api_key", "key", "token", "password", "secret", "authorization"})
 
 
@@ -290,6 +307,8 @@ class _Parser:
                     raise self.fail(dotted, f"unknown strategy {value!r} (use {options})") from None
             elif key == "timeouts":
                 values[key] = Timeouts().merged(self.timeouts(value, dotted))
+            elif key == "default_model":
+                values[key] = self.string(value, dotted)
             elif key in {"retries", "breaker_threshold"}:
                 values[key] = self.integer(value, dotted, minimum=0 if key == "retries" else 1)
             else:
@@ -379,13 +398,5 @@ class _Parser:
             values["headers"] = dict(headers)
         if "timeouts" in table:
             values["timeouts"] = self.timeouts(table.pop("timeouts"), f"{key}.timeouts")
-        if table and "type" not in values:
-            # A table that adjusts a registered provider has a fixed set of keys;
-            # a typo there would otherwise be ignored silently.
-            known = (
-                "enabled, priority, url/base_url, api_key_env, models, headers, timeouts, "
-                "verify_tls"
-            )
-            raise self.fail(f"{key}.{sorted(table)[0]}", f"unknown key (known: {known})")
         values["extra"] = table
         return ProviderConfig(**values)

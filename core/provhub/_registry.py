@@ -16,7 +16,14 @@ from types import MappingProxyType
 from typing import Any
 
 from provhub._errors import ProviderSpecError
-from provhub._spec import FLAG_NAMES, GPT_4, GPT_35_TURBO, Capability, ProviderInfo
+from provhub._spec import (
+    FLAG_CAPABILITIES,
+    FLAG_NAMES,
+    GPT_4,
+    GPT_35_TURBO,
+    Capability,
+    ProviderInfo,
+)
 
 __all__ = ["PROGRAMMATIC", "Registry", "describe"]
 
@@ -33,6 +40,10 @@ _FLAG_DEFAULTS = {
     "supports_system_message": True,
     "supports_gpt_35_turbo": False,
     "supports_gpt_4": False,
+    "supports_tools": False,
+    "supports_vision": False,
+    "supports_structured_output": False,
+    "supports_reasoning": False,
 }
 
 
@@ -93,6 +104,44 @@ def _check_models(
     return tuple(model_list), alias_map
 
 
+def _check_model_capabilities(
+    label: str, source: str, declared: Any, models: tuple[str, ...], aliases: Mapping[str, str]
+) -> dict[str, Capability]:
+    if not isinstance(declared, Mapping):
+        raise ProviderSpecError(
+            label, "model_capabilities must map model ids to Capability flags", source=source
+        )
+    result: dict[str, Capability] = {}
+    for model, capability in declared.items():
+        if not isinstance(capability, Capability):
+            raise ProviderSpecError(
+                label,
+                f"model_capabilities[{model!r}] must be a provhub.Capability, got {capability!r}",
+                source=source,
+            )
+        target = aliases.get(model, model) if isinstance(model, str) else model
+        if target not in models:
+            raise ProviderSpecError(
+                label,
+                f"model_capabilities names {model!r}, which the provider does not serve",
+                source=source,
+            )
+        result[target] = capability
+    return result
+
+
+def _check_config_keys(label: str, source: str, keys: Any) -> tuple[str, ...]:
+    if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
+        raise ProviderSpecError(label, "config_keys must be a list of key names", source=source)
+    result = tuple(keys)
+    for key in result:
+        if not isinstance(key, str) or not key.isidentifier():
+            raise ProviderSpecError(
+                label, f"config_keys entries must be identifiers, got {key!r}", source=source
+            )
+    return result
+
+
 def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
     """Validate ``provider`` against the spec and describe it.
 
@@ -147,14 +196,13 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
             )
 
     caps = Capability.NONE
-    if flags["supports_stream"]:
-        caps |= Capability.STREAM
-    if flags["supports_message_history"]:
-        caps |= Capability.MESSAGE_HISTORY
-    if flags["supports_system_message"]:
-        caps |= Capability.SYSTEM_MESSAGE
-    if flags["needs_auth"]:
-        caps |= Capability.AUTH
+    for flag, capability in FLAG_CAPABILITIES.items():
+        if flags[flag]:
+            caps |= capability
+    model_caps = _check_model_capabilities(
+        label, source, getattr(provider, "model_capabilities", {}), models, aliases
+    )
+    config_keys = _check_config_keys(label, source, getattr(provider, "config_keys", ()))
 
     return ProviderInfo(
         name=label,
@@ -168,6 +216,8 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
         default_model=getattr(provider, "default_model", None),
         source=source,
         provider=provider,
+        model_capabilities=MappingProxyType(model_caps),
+        config_keys=config_keys,
     )
 
 

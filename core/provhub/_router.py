@@ -2,7 +2,7 @@
 
 Candidate selection, strategy ordering and the retry/backoff policy are plain
 functions over plain data, so every rule is testable without a socket. The
-``Stream`` executes what these functions decide.
+run (:mod:`provhub._run`) executes what these functions decide.
 """
 
 from __future__ import annotations
@@ -15,21 +15,12 @@ from dataclasses import dataclass
 from typing import Any
 
 from provhub._config import ProviderConfig, RouterConfig, Strategy
-from provhub._errors import InvalidRequestError, ModelNotFoundError
+from provhub._errors import ModelNotFoundError
 from provhub._health import Health
 from provhub._registry import Registry
-from provhub._spec import Capability, Messages, ProviderInfo
+from provhub._spec import Capability, ProviderInfo
 
-__all__ = [
-    "Attempt",
-    "RoutePlan",
-    "Router",
-    "backoff_delay",
-    "required_capabilities",
-    "validate_messages",
-]
-
-ROLES = frozenset({"system", "user", "assistant", "tool"})
+__all__ = ["RoutePlan", "Router", "backoff_delay", "credentials_missing"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,141 +42,6 @@ class RoutePlan:
             "candidates": [c.name for c in self.candidates],
             "excluded": [{"provider": n, "reason": r} for n, r in self.excluded],
         }
-
-
-@dataclass(frozen=True, slots=True)
-class Attempt:
-    """One try of one provider within a request."""
-
-    number: int
-    provider: str
-    ok: bool
-    error_type: str | None = None
-    status: int | None = None
-    retryable: bool = False
-    error: str | None = None
-    backoff_ms: float | None = None
-    duration_ms: float = 0.0
-
-
-def validate_messages(messages: Any) -> list[dict[str, Any]]:
-    """Check a message list; return it as a list of plain dicts.
-
-    Raises :class:`InvalidRequestError` naming the bad message and why.
-    """
-    if isinstance(messages, str | bytes | Mapping) or not hasattr(messages, "__iter__"):
-        raise InvalidRequestError(
-            f"messages must be a list of {{'role': ..., 'content': ...}} dicts, "
-            f"got {type(messages).__name__}"
-        )
-    result: list[dict[str, Any]] = []
-    for index, message in enumerate(messages):
-        where = f"messages[{index}]"
-        if not isinstance(message, Mapping):
-            raise InvalidRequestError(f"{where} must be a dict, got {type(message).__name__}")
-        role = message.get("role")
-        # isinstance first: an unhashable role (a list) would make "in" raise TypeError.
-        if not isinstance(role, str) or role not in ROLES:
-            raise InvalidRequestError(
-                f"{where} has role {role!r:.40}; use one of {', '.join(sorted(ROLES))}"
-            )
-        if "content" not in message:
-            raise InvalidRequestError(f"{where} ({role}) has no 'content'")
-        content = message["content"]
-        if content is None and role in {"assistant", "tool"}:
-            pass  # OpenAI allows null content on assistant tool-call turns
-        elif isinstance(content, str):
-            _check_text(content, f"{where}.content")
-        elif isinstance(content, list):
-            for part_index, part in enumerate(content):
-                if not isinstance(part, Mapping) or not isinstance(part.get("type"), str):
-                    raise InvalidRequestError(
-                        f"{where}.content[{part_index}] must be a dict with a 'type'"
-                    )
-                _check_json(part, f"{where}.content[{part_index}]", 0)
-        else:
-            raise InvalidRequestError(
-                f"{where} ({role}) content must be a string or a list of parts, "
-                f"got {type(content).__name__}"
-            )
-        if len(message) > 2:  # extra fields (name, tool_calls, ...) are sent as they are
-            for key, value in message.items():
-                if key != "role" and key != "content":
-                    _check_key(key, where)
-                    _check_json(value, f"{where}[{key!r:.40}]", 0)
-        result.append(dict(message))
-    if not result:
-        raise InvalidRequestError("messages is empty; send at least one user message")
-    return result
-
-
-# Deeper than any real message part; json.dumps would hit the recursion limit long after.
-_MAX_DEPTH = 32
-
-
-def _check_text(text: str, where: str) -> None:
-    # A lone surrogate (e.g. from a bad decode) cannot be encoded as UTF-8: refuse it
-    # here instead of failing inside the transport, where it would count against the
-    # provider. isascii() keeps the common case at C speed.
-    if text.isascii():
-        return
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as exc:
-        index = exc.start
-    else:
-        return
-    # Raised outside the except block: the UnicodeEncodeError holds the whole text, and
-    # must not ride along as __context__ into logs.
-    raise InvalidRequestError(f"{where} is not valid Unicode (lone surrogate at index {index})")
-
-
-def _check_key(key: Any, where: str) -> None:
-    if not isinstance(key, str):
-        raise InvalidRequestError(f"{where} has a {type(key).__name__} key; keys must be strings")
-    _check_text(key, f"a key of {where}")
-
-
-def _check_json(value: Any, where: str, depth: int) -> None:
-    """Refuse what the transport could not send as JSON.
-
-    Errors name the place and the type, never the value: it may be message content.
-    """
-    if value is None or isinstance(value, bool | int):
-        return
-    if isinstance(value, str):
-        _check_text(value, where)
-    elif isinstance(value, float):
-        if value != value or value in (float("inf"), float("-inf")):
-            raise InvalidRequestError(f"{where} is {value}, which JSON cannot carry")
-    elif depth >= _MAX_DEPTH:
-        raise InvalidRequestError(f"{where} is nested more than {_MAX_DEPTH} levels deep")
-    elif isinstance(value, list | tuple):
-        for index, item in enumerate(value):
-            _check_json(item, f"{where}[{index}]", depth + 1)
-    elif isinstance(value, Mapping):
-        for key, item in value.items():
-            _check_key(key, where)
-            _check_json(item, f"{where}[{key!r:.40}]", depth + 1)
-    else:
-        raise InvalidRequestError(
-            f"{where} is a {type(value).__name__}, which cannot be sent as JSON"
-        )
-
-
-def required_capabilities(messages: Messages, require: Capability = Capability.NONE) -> Capability:
-    """What the caller asks for plus what the messages need (SPEC §2)."""
-    needed = require
-    users = 0
-    for message in messages:
-        role = message.get("role")
-        if role == "system":
-            needed |= Capability.SYSTEM_MESSAGE
-        elif role == "user":
-            users += 1
-    if users > 1:
-        needed |= Capability.MESSAGE_HISTORY
-    return needed
 
 
 def backoff_delay(
@@ -271,9 +127,12 @@ class Router:
                 reason = "disabled in config"
             elif not info.flags["working"]:
                 reason = "not working (working = False)"
-            elif required & ~info.capabilities:
-                missing = (required & ~info.capabilities).names()
-                reason = f"lacks capabilities: {', '.join(missing)}"
+            elif required & ~(capabilities := info.capabilities_for(model)):
+                missing = ", ".join((required & ~capabilities).names())
+                if capabilities != info.capabilities:
+                    reason = f"lacks capabilities for model {model!r}: {missing}"
+                else:
+                    reason = f"lacks capabilities: {missing}"
             else:
                 reason = credentials_missing(info, settings) or health.exclusion(info.name)
             if reason is None:

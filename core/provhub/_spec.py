@@ -16,12 +16,17 @@ from typing import Any
 __all__ = [
     "GPT_4",
     "GPT_35_TURBO",
+    "RICH_CAPABILITIES",
     "AbstractProvider",
     "Capability",
     "CreateResult",
     "FinishReason",
     "Messages",
     "ProviderInfo",
+    "Reasoning",
+    "Refusal",
+    "StreamItem",
+    "ToolCallDelta",
     "Usage",
 ]
 
@@ -34,22 +39,83 @@ Messages = Sequence[Mapping[str, Any]]
 
 @dataclass(frozen=True, slots=True)
 class FinishReason:
-    """Stream marker: why the upstream stopped (``"stop"``, ``"length"``, ...)."""
+    """Stream marker: why the upstream stopped (``"stop"``, ``"length"``, ``"tool_calls"``...)."""
 
     reason: str
 
 
 @dataclass(frozen=True, slots=True)
 class Usage:
-    """Stream marker: token accounting reported by the upstream."""
+    """Stream marker: token accounting reported by the upstream.
+
+    ``cached_tokens`` (prompt tokens served from a cache) and ``reasoning_tokens``
+    (completion tokens spent on reasoning) are reported by some upstreams;
+    ``cost`` is filled by the hub when ``[prices]`` knows the model.
+    """
 
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     total_tokens: int | None = None
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    cost: float | None = None
+
+    def as_dict(self) -> dict[str, int | float | None]:
+        """The counts as a plain dict (for events and JSON output).
+
+        The three classic counts are always there; ``cached_tokens``,
+        ``reasoning_tokens`` and ``cost`` only when known.
+        """
+        data: dict[str, int | float | None] = {
+            "prompt_tokens": self.prompt_tokens,
+            "completion_tokens": self.completion_tokens,
+            "total_tokens": self.total_tokens,
+        }
+        for key in ("cached_tokens", "reasoning_tokens", "cost"):
+            value = getattr(self, key)
+            if value is not None:
+                data[key] = value
+        return data
 
 
-CreateResult = Iterator[str | FinishReason | Usage]
-"""What ``create_completion`` returns: ``str`` tokens, optionally with markers."""
+@dataclass(frozen=True, slots=True)
+class ToolCallDelta:
+    """Stream item: a fragment of one tool call (OpenAI style, SPEC §11).
+
+    ``index`` identifies the call within the answer (``None`` when the upstream
+    did not say; the hub then assigns one); ``id`` and ``name`` arrive once, on
+    the call's first fragment; ``arguments`` is a fragment of the JSON text of the
+    call's arguments. The hub yields fragments with ``index`` always set.
+    """
+
+    index: int | None
+    id: str | None = None
+    name: str | None = None
+    arguments: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Reasoning:
+    """Stream item: a fragment of the model's reasoning ("thinking") text."""
+
+    text: str
+
+
+@dataclass(frozen=True, slots=True)
+class Refusal:
+    """Stream item: a fragment of a refusal message (the model declined to answer)."""
+
+    text: str
+
+
+StreamItem = str | FinishReason | Usage | ToolCallDelta | Reasoning | Refusal
+"""Anything a provider may yield: text, or one of the item values."""
+
+CreateResult = Iterator[StreamItem]
+"""What ``create_completion`` returns: ``str`` tokens, optionally with the other items."""
+
+ITEM_TYPES: tuple[type, ...] = (FinishReason, Usage, ToolCallDelta, Reasoning, Refusal)
+"""The non-text item types, for checks of what a provider yielded."""
 
 
 class Capability(enum.Flag):
@@ -60,6 +126,10 @@ class Capability(enum.Flag):
     MESSAGE_HISTORY = enum.auto()
     SYSTEM_MESSAGE = enum.auto()
     AUTH = enum.auto()
+    TOOLS = enum.auto()
+    VISION = enum.auto()
+    STRUCTURED_OUTPUT = enum.auto()
+    REASONING = enum.auto()
 
     @classmethod
     def parse(cls, text: str) -> Capability:
@@ -81,12 +151,24 @@ class Capability(enum.Flag):
         return [m.name.lower() for m in Capability if m.name and m in self and m.value]
 
 
+RICH_CAPABILITIES = (
+    Capability.TOOLS | Capability.VISION | Capability.STRUCTURED_OUTPUT | Capability.REASONING
+)
+"""The capabilities that may differ between the models of one provider."""
+
+
 class AbstractProvider(ABC):
     """Base class of every provider.
 
     Subclass it and set the class attributes that describe the upstream; implement
     ``create_completion`` as a generator of ``str`` tokens (a ``@staticmethod`` or
     ``@classmethod`` in g4f style, or a plain method for configurable instances).
+
+    ``model_capabilities`` declares, per model id, exactly which of the rich
+    capabilities (tools, vision, structured output, reasoning) that model has; for
+    a model it names, the ``supports_tools``/``supports_vision``/... flags do not
+    apply. ``config_keys`` names the extra keys the provider accepts in its
+    ``[providers.NAME]`` table (read back from ``provider_call().settings.extra``).
     """
 
     name: str = "AbstractProvider"
@@ -98,9 +180,15 @@ class AbstractProvider(ABC):
     supports_system_message: bool = True
     supports_gpt_35_turbo: bool = False
     supports_gpt_4: bool = False
+    supports_tools: bool = False
+    supports_vision: bool = False
+    supports_structured_output: bool = False
+    supports_reasoning: bool = False
     models: Sequence[str] = ()
     model_aliases: Mapping[str, str] = {}
+    model_capabilities: Mapping[str, Capability] = {}
     default_model: str | None = None
+    config_keys: Sequence[str] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -114,7 +202,7 @@ class AbstractProvider(ABC):
     def create_completion(
         model: str, messages: Messages, stream: bool, **kwargs: Any
     ) -> CreateResult:
-        """Yield the answer's tokens (``str``), optionally ``FinishReason``/``Usage``."""
+        """Yield the answer's tokens (``str``), optionally other items (SPEC §11)."""
         raise NotImplementedError
 
 
@@ -126,8 +214,24 @@ FLAG_NAMES: tuple[str, ...] = (
     "supports_system_message",
     "supports_gpt_35_turbo",
     "supports_gpt_4",
+    "supports_tools",
+    "supports_vision",
+    "supports_structured_output",
+    "supports_reasoning",
 )
 """The boolean flags of the spec, in the order the CLI shows them."""
+
+FLAG_CAPABILITIES: Mapping[str, Capability] = {
+    "supports_stream": Capability.STREAM,
+    "supports_message_history": Capability.MESSAGE_HISTORY,
+    "supports_system_message": Capability.SYSTEM_MESSAGE,
+    "needs_auth": Capability.AUTH,
+    "supports_tools": Capability.TOOLS,
+    "supports_vision": Capability.VISION,
+    "supports_structured_output": Capability.STRUCTURED_OUTPUT,
+    "supports_reasoning": Capability.REASONING,
+}
+"""The flag that grants each capability."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,7 +239,9 @@ class ProviderInfo:
     """Read-only description of a registered provider.
 
     ``models`` holds every model id served (including ``gpt-3.5-turbo``/``gpt-4``
-    from the flags); ``aliases`` maps alias to model id; ``source`` is the plugin
+    from the flags); ``aliases`` maps alias to model id; ``capabilities`` are the
+    provider-wide ones (from the flags) and ``model_capabilities`` the per-model
+    declarations (see :meth:`capabilities_for`); ``source`` is the plugin
     (entry-point name) or ``"programmatic"``.
     """
 
@@ -148,6 +254,8 @@ class ProviderInfo:
     default_model: str | None
     source: str
     provider: Any = field(repr=False, compare=False)
+    model_capabilities: Mapping[str, Capability] = field(default_factory=dict)
+    config_keys: tuple[str, ...] = ()
 
     @property
     def working(self) -> bool:
@@ -163,6 +271,17 @@ class ProviderInfo:
         """True when ``model`` is one of its ids or aliases."""
         return model in self.models or model in self.aliases
 
+    def capabilities_for(self, model: str) -> Capability:
+        """What the provider can do for ``model`` (an id or an alias).
+
+        A model named in ``model_capabilities`` has exactly the rich capabilities
+        declared there; any other model has the provider-wide ones.
+        """
+        declared = self.model_capabilities.get(self.aliases.get(model, model))
+        if declared is None:
+            return self.capabilities
+        return (self.capabilities & ~RICH_CAPABILITIES) | (declared & RICH_CAPABILITIES)
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (used by ``provhub providers --json``)."""
         return {
@@ -172,6 +291,7 @@ class ProviderInfo:
             "capabilities": self.capabilities.names(),
             "models": list(self.models),
             "aliases": dict(self.aliases),
+            "model_capabilities": {m: c.names() for m, c in self.model_capabilities.items()},
             "default_model": self.default_model,
             "source": self.source,
         }

@@ -1,165 +1,44 @@
-"""The shared HTTP transport of every HTTP provider (SPEC §10).
+"""The shared HTTP transport of every HTTP provider (SPEC §10): bytes only.
 
 One pooled ``requests.Session`` per transport (a hub owns one), explicit
-timeouts for every phase, SSE decoding, and mapping of HTTP statuses and
-transport failures to typed errors. The typed errors also subclass the matching
-``requests`` exception, so a provider called directly still raises
-``requests.HTTPError`` on an HTTP error, as the seed's Lockchat did.
+timeouts for every phase, size limits, SSE framing, and mapping of HTTP
+statuses and transport failures to the typed errors of :mod:`provhub._errors`.
+What the bytes mean (the OpenAI chat format) is :mod:`provhub._openai`'s job.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import email.utils
 import json
-import socket
 import threading
 import time
 import urllib.request
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import Any
+from urllib.parse import urlsplit
 
 import requests
-import urllib3.connection
-import urllib3.connectionpool
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from provhub._cancel import CancelToken, HTTPPool, HTTPSPool, sending
 from provhub._config import Limits, Timeouts
-from provhub._errors import ProviderError
-from provhub._spec import FinishReason, Usage
+from provhub._errors import (
+    ProviderError,
+    RequestTooLargeError,
+    UpstreamConnectionError,
+    UpstreamHTTPError,
+    UpstreamProtocolError,
+    UpstreamTimeoutError,
+    kind_of_status,
+    parse_retry_after,
+    status_retryable,
+)
+from provhub._redact import Secrets
 from provhub._sse import SSEDecodeError, SSEDecoder
 
-__all__ = [
-    "CancelToken",
-    "RequestTooLargeError",
-    "Transport",
-    "UpstreamConnectionError",
-    "UpstreamHTTPError",
-    "UpstreamProtocolError",
-    "UpstreamTimeoutError",
-    "parse_chat_stream",
-    "parse_retry_after",
-]
+__all__ = ["Transport", "parse_retry_after"]
 
 _BODY_EXCERPT = 200
-
-
-class UpstreamHTTPError(ProviderError, requests.HTTPError):
-    """The upstream answered with an HTTP error status (also a ``requests.HTTPError``)."""
-
-    def __init__(self, message: str, *, response: requests.Response | None = None, **kw: Any):
-        ProviderError.__init__(self, message, **kw)
-        self.response = response
-        self.request = response.request if response is not None else None
-
-
-class UpstreamConnectionError(ProviderError, requests.ConnectionError):
-    """The connection failed or broke (also a ``requests.ConnectionError``)."""
-
-    def __init__(self, message: str, **kw: Any) -> None:
-        ProviderError.__init__(self, message, **kw)
-        self.response = None
-        self.request = None
-
-
-class UpstreamTimeoutError(ProviderError, requests.Timeout):
-    """A phase of the call exceeded its timeout (also a ``requests.Timeout``)."""
-
-    def __init__(self, message: str, **kw: Any) -> None:
-        ProviderError.__init__(self, message, **kw)
-        self.response = None
-        self.request = None
-
-
-class UpstreamProtocolError(ProviderError):
-    """The upstream sent something that is not the expected wire format."""
-
-
-class RequestTooLargeError(ProviderError):
-    """The encoded request exceeds ``limits.max_request_bytes``; nothing was sent.
-
-    The request is at fault, not the provider: it never counts against a breaker.
-    """
-
-
-class CancelToken:
-    """Lets another thread abort a call blocked on the network.
-
-    ``cancel`` shuts down the sockets attached to the token, which wakes a
-    blocked connect-less read at once (waiting for headers or for the next
-    chunk); the upstream sees the disconnect.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self.event = threading.Event()
-
-    @property
-    def cancelled(self) -> bool:
-        """Whether ``cancel`` was called."""
-        return self.event.is_set()
-
-    def attach(self, sock: socket.socket) -> None:
-        """Track a socket in use (shutting it down at once if already cancelled)."""
-        with self._lock:
-            if not self.event.is_set():
-                self._sockets.add(sock)
-                return
-        _shutdown(sock)
-
-    def detach(self, sock: socket.socket | None) -> None:
-        """Stop tracking a socket whose response is finished."""
-        if sock is not None:
-            with self._lock:
-                self._sockets.discard(sock)
-
-    def cancel(self) -> None:
-        """Abort every attached socket and refuse new ones."""
-        with self._lock:
-            self.event.set()
-            sockets, self._sockets = list(self._sockets), set()
-        for sock in sockets:
-            _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed by either side
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-# The token of the call this thread is sending, read by the connection classes
-# below: the socket must be attachable *before* the response headers arrive,
-# which is the moment requests would hand it to us.
-_sending: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar(
-    "provhub_sending", default=None
-)
-
-
-class _CancellableHTTPConnection(urllib3.connection.HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        super().request(*args, **kwargs)
-        token = _sending.get()
-        if token is not None and self.sock is not None:
-            token.attach(self.sock)
-
-
-class _CancellableHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        super().request(*args, **kwargs)
-        token = _sending.get()
-        if token is not None and self.sock is not None:
-            token.attach(self.sock)
-
-
-class _HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
-    ConnectionCls = _CancellableHTTPConnection
-
-
-class _HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    ConnectionCls = _CancellableHTTPSConnection
 
 
 class _Adapter(HTTPAdapter):
@@ -167,7 +46,7 @@ class _Adapter(HTTPAdapter):
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
-        self.poolmanager.pool_classes_by_scheme = {"http": _HTTPPool, "https": _HTTPSPool}
+        self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
 
     def close(self) -> None:
         # urllib3 2 forgets its pools on clear() without closing them; they close when
@@ -182,142 +61,30 @@ class _Adapter(HTTPAdapter):
         super().close()
 
 
-def parse_retry_after(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds or HTTP-date), or None."""
-    if not value:
-        return None
-    value = value.strip()
-    try:
-        seconds = float(value)
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError, IndexError):
-            return None
-        seconds = when.timestamp() - time.time()
-    return max(0.0, seconds) if seconds == seconds else None  # NaN guard
+def _excerpt(raw: bytes, secrets: Secrets | None = None) -> str:
+    """A short, single-line, secret-free excerpt of an error body.
 
-
-def _excerpt(raw: bytes) -> str:
+    JSON bodies of the common ``{"error": {"message": ...}}`` shape give their
+    message.
+    """
     text = raw[: _BODY_EXCERPT * 4].decode("utf-8", "replace")
     try:
         message = json.loads(text)["error"]["message"]
         if isinstance(message, str):
             text = message
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError, RecursionError):
         pass
+    if secrets:
+        text = secrets.mask(text)
     text = " ".join(text.split())
     return text if len(text) <= _BODY_EXCERPT else text[: _BODY_EXCERPT - 3] + "..."
 
 
-_CREDENTIAL_HEADERS = frozenset({"authorization", "proxy-authorization", "x-api-key", "api-key"})
-
-
-def _without_credentials(raw: bytes, headers: Mapping[str, str]) -> bytes:
-    """Mask credentials the upstream echoed back in an error body.
-
-    Some servers quote the rejected key in their 401 message; the excerpt ends up
-    in ``str(error)``, which callers log.
-    """
-    for name, value in headers.items():
-        if name.lower() in _CREDENTIAL_HEADERS:
-            secret = value.rsplit(" ", 1)[-1].encode()
-            if len(secret) >= 8:
-                raw = raw.replace(secret, b"***")
-    return raw
-
-
-def _status_retryable(status: int) -> bool:
-    return status in (408, 409, 425, 429) or status >= 500
-
-
-def _error_from_object(error: Any, provider: str) -> ProviderError:
-    """Map an OpenAI-style ``{"error": {...}}`` object sent inside a stream."""
-    message, code, kind = "upstream reported an error", None, ""
-    if isinstance(error, Mapping):
-        message = str(error.get("message") or message)[:_BODY_EXCERPT]
-        code = error.get("code")
-        kind = str(error.get("type") or "")
-    elif isinstance(error, str):
-        message = error[:_BODY_EXCERPT]
-    status = code if isinstance(code, int) and 100 <= code <= 599 else None
-    retryable = (status is not None and _status_retryable(status)) or kind in {
-        "server_error",
-        "rate_limit_exceeded",
-        "overloaded_error",
-    }
-    return UpstreamProtocolError(
-        f"error in stream: {message}", provider=provider, status=status, retryable=retryable
-    )
-
-
-# The scanner behind json.loads (the C one when available); see parse_chat_stream.
-_scan_json: Callable[[str, int], tuple[Any, int]] = json.JSONDecoder().scan_once  # type: ignore[attr-defined]
-
-
-def parse_chat_stream(
-    events: Iterator[bytes], provider: str, *, markers: bool = True
-) -> Iterator[str | FinishReason | Usage]:
-    """Turn OpenAI chat-completion chunk payloads into tokens and markers.
-
-    With ``markers=False`` only ``str`` tokens are yielded (what a caller of a
-    provider outside a hub expects: ``"".join(...)`` must work).
-
-    Handles empty ``choices`` (usage-only chunks), an ``error`` object inside a
-    data line, and malformed chunks, which raise :class:`UpstreamProtocolError`
-    instead of a bare ``KeyError``/``JSONDecodeError``.
-    """
-    loads = json.loads
-    scan = _scan_json
-    for data in events:
-        try:
-            # The per-chunk hot path (PERFORMANCE.md): event-stream data is UTF-8 by
-            # definition, so decode it in C instead of json.loads' Python-level encoding
-            # detection, then call the C scanner json.loads ends in directly. Whatever
-            # the scanner does not take whole (surrounding whitespace, trailing bytes,
-            # invalid JSON) goes through json.loads for its exact result or error.
-            # Saves about 1.5 us of the ~5 us a chunk costs.
-            text = data.decode()
-            try:
-                chunk, end = scan(text, 0)
-            except StopIteration:
-                end = -1
-            if end != len(text):
-                chunk = loads(text)
-            choices = chunk.get("choices")
-            if choices:
-                choice = choices[0]
-                delta = choice.get("delta")
-                if delta:
-                    content = delta.get("content")
-                    if content:
-                        if type(content) is not str:
-                            raise TypeError("delta.content is not a string")
-                        yield content
-                reason = choice.get("finish_reason")
-                if reason and markers:
-                    yield FinishReason(str(reason))
-            elif chunk.get("error"):
-                raise _error_from_object(chunk["error"], provider)
-            usage = chunk.get("usage")
-            if usage and markers:
-                yield _usage(usage)
-        except ProviderError:
-            raise
-        except (ValueError, TypeError, AttributeError, KeyError, IndexError, RecursionError) as exc:
-            # RecursionError: json.loads on absurdly nested arrays/objects.
-            what = "invalid UTF-8" if isinstance(exc, UnicodeDecodeError) else "a malformed chunk"
-            raise UpstreamProtocolError(
-                f"upstream sent {what} ({type(exc).__name__})", provider=provider
-            ) from exc
-
-
-def _usage(usage: Any) -> Usage:
-    def count(key: str) -> int | None:
-        value = usage.get(key)
-        return value if isinstance(value, int) and not isinstance(value, bool) else None
-
-    return Usage(count("prompt_tokens"), count("completion_tokens"), count("total_tokens"))
+def _host(url: str) -> str | None:
+    try:
+        return urlsplit(url).netloc or None
+    except ValueError:
+        return None
 
 
 def _release(response: requests.Response, cancel: CancelToken | None) -> None:
@@ -420,7 +187,7 @@ class Transport:
             "accept": "text/event-stream, application/json",
         }
         all_headers.update(headers)
-        sending = _sending.set(cancel)
+        token = sending.set(cancel)
         try:
             response = self.session.post(
                 url,
@@ -445,12 +212,15 @@ class Transport:
             if cancel is not None and cancel.cancelled:
                 raise UpstreamConnectionError("call cancelled", provider=provider) from exc
             raise UpstreamConnectionError(
-                f"connection failed: {type(exc).__name__}", provider=provider, retryable=True
+                f"connection failed: {type(exc).__name__}",
+                provider=provider,
+                retryable=True,
+                host=_host(url),
             ) from exc
         except requests.RequestException as exc:
             raise ProviderError(f"request failed: {exc}", provider=provider) from exc
         finally:
-            _sending.reset(sending)
+            sending.reset(token)
         if response.status_code >= 400:
             try:
                 raw = response.raw.read(_BODY_EXCERPT * 4, decode_content=True) or b""
@@ -459,14 +229,18 @@ class Transport:
             finally:
                 _release(response, cancel)
             status = response.status_code
+            secrets = Secrets()
+            secrets.add_headers(all_headers)
             raise UpstreamHTTPError(
-                f"HTTP {status} {response.reason or ''}".strip(),
+                secrets.mask(f"HTTP {status} {response.reason or ''}".strip()),
                 response=response,
                 provider=provider,
                 status=status,
-                retryable=_status_retryable(status),
-                body=_excerpt(_without_credentials(raw, all_headers)),
+                retryable=status_retryable(status),
+                body=_excerpt(raw, secrets),
                 retry_after=parse_retry_after(response.headers.get("retry-after")),
+                kind=kind_of_status(status),
+                host=_host(url),
             )
         return response
 
@@ -507,8 +281,12 @@ class Transport:
         try:
             return json.loads(data)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+            secrets = Secrets()
+            secrets.add_headers(headers)
             raise UpstreamProtocolError(
-                f"response is not JSON ({len(data)} bytes)", provider=provider, body=_excerpt(data)
+                f"response is not JSON ({len(data)} bytes)",
+                provider=provider,
+                body=_excerpt(data, secrets),
             ) from exc
 
     def stream_sse(

@@ -88,7 +88,9 @@ def _parser() -> argparse.ArgumentParser:
     route.add_argument("--json", action="store_true", help="JSON instead of text")
 
     chat = add("chat", help="send a prompt and print the answer")
-    chat.add_argument("-m", "--model", required=True)
+    chat.add_argument(
+        "-m", "--model", help="model id or alias (default: [router] default_model, else local)"
+    )
     chat.add_argument("-p", "--provider", help="use only this provider")
     chat.add_argument("--no-stream", action="store_true", help="wait for the whole answer")
     chat.add_argument("-t", "--temperature", type=float)

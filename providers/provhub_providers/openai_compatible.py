@@ -7,16 +7,15 @@ environment at call time and never stored on the instance or logged.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from provhub import (
     AbstractProvider,
+    Capability,
     CreateResult,
-    FinishReason,
     Messages,
-    UpstreamProtocolError,
-    Usage,
+    parse_chat_completion,
     parse_chat_stream,
     provider_call,
 )
@@ -29,8 +28,13 @@ _PASSTHROUGH_SKIP = frozenset({"model", "messages", "stream"})
 class OpenAICompatible(AbstractProvider):
     """A chat-completions endpoint at ``base_url`` serving ``models``.
 
-    ``OpenAICompatible(name, base_url, models, api_key_env=None, headers=None)``;
-    in config: ``[providers.NAME] type = "openai-compatible"``.
+    ``OpenAICompatible(name, base_url, models, api_key_env=None, headers=None,
+    capabilities=Capability.NONE, model_capabilities=None)``; in config:
+    ``[providers.NAME] type = "openai-compatible"`` with ``capabilities = ["tools",
+    "vision"]`` for every model, or ``[providers.NAME.model_capabilities]`` per
+    model. ``capabilities`` grants the rich capabilities (tools, vision,
+    structured output, reasoning); what the endpoint really supports is for the
+    operator to say: provhub does not guess from model names.
     """
 
     supports_stream = True
@@ -45,6 +49,8 @@ class OpenAICompatible(AbstractProvider):
         headers: Mapping[str, str] | None = None,
         aliases: Mapping[str, str] | None = None,
         default_model: str | None = None,
+        capabilities: Capability = Capability.NONE,
+        model_capabilities: Mapping[str, Capability] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -58,6 +64,11 @@ class OpenAICompatible(AbstractProvider):
         self.api_key_env = api_key_env
         self.needs_auth = api_key_env is not None
         self.headers = dict(headers or {})
+        self.supports_tools = Capability.TOOLS in capabilities
+        self.supports_vision = Capability.VISION in capabilities
+        self.supports_structured_output = Capability.STRUCTURED_OUTPUT in capabilities
+        self.supports_reasoning = Capability.REASONING in capabilities
+        self.model_capabilities = dict(model_capabilities or {})
 
     @classmethod
     def from_config(cls, name: str, table: dict[str, Any]) -> OpenAICompatible:
@@ -75,6 +86,13 @@ class OpenAICompatible(AbstractProvider):
             headers=table.pop("headers", None),
             aliases=table.pop("aliases", None),
             default_model=table.pop("default_model", None),
+            capabilities=_capabilities(table.pop("capabilities", []), "capabilities"),
+            model_capabilities={
+                model: _capabilities(names, f"model_capabilities.{model}")
+                for model, names in _mapping(
+                    table.pop("model_capabilities", {}), "model_capabilities"
+                ).items()
+            },
         )
         if table:
             raise ValueError(f"unknown key {sorted(table)[0]!r} for type 'openai-compatible'")
@@ -108,37 +126,19 @@ class OpenAICompatible(AbstractProvider):
                     events.close()
             else:
                 answer = call.post_json(url, payload, headers=headers, provider=self.name)
-                for item in _parse_completion(answer, self.name):
-                    if call.markers or type(item) is str:
-                        yield item
+                yield from parse_chat_completion(answer, self.name, markers=call.markers)
 
 
-def _parse_completion(answer: Any, provider: str) -> Iterator[str | FinishReason | Usage]:
-    try:
-        if answer.get("error"):
-            error = answer["error"]
-            message = error.get("message") if isinstance(error, Mapping) else str(error)
-            raise UpstreamProtocolError(f"error in response: {message}", provider=provider)
-        choice = answer["choices"][0]
-        content = choice["message"].get("content")
-        if content is not None and not isinstance(content, str):
-            raise TypeError("message.content is not a string")
-        reason = choice.get("finish_reason")
-        usage = answer.get("usage")
-    except UpstreamProtocolError:
-        raise
-    except (KeyError, IndexError, TypeError, AttributeError) as exc:
-        raise UpstreamProtocolError(
-            f"malformed chat completion ({type(exc).__name__})", provider=provider
-        ) from exc
-    if content:
-        yield content
-    if reason:
-        yield FinishReason(str(reason))
-    if isinstance(usage, Mapping):
-        yield Usage(
-            *(
-                usage.get(k) if isinstance(usage.get(k), int) else None
-                for k in ("prompt_tokens", "completion_tokens", "total_tokens")
-            )
-        )
+def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+    if not isinstance(value, Mapping):
+        raise ValueError(f"{key} must be a table of model id -> capability names")
+    return value
+
+
+def _capabilities(names: Any, key: str) -> Capability:
+    """``["tools", "vision"]`` from a config table as a Capability flag."""
+    if isinstance(names, str) or not isinstance(names, list):
+        raise ValueError(f'{key} must be a list of capability names, e.g. ["tools"]')
+    if not all(isinstance(name, str) for name in names):
+        raise ValueError(f"{key} must hold capability names (strings)")
+    return Capability.parse(",".join(names))

@@ -15,9 +15,9 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+from provhub import _openai
 from provhub._config import Timeouts
 from provhub._errors import ProvhubError
-from provhub.gateway import _wire
 from provhub.gateway._errors import GatewayError, deadline_error, from_exception
 from provhub.gateway._http import DisconnectWatch, new_request_id, request_id_of, send_bytes
 from provhub.gateway._limits import ClientGone, Deadline, read_body
@@ -213,14 +213,8 @@ class ChatEndpoint:
             error = from_exception(exc)
         else:
             watch.stop()
-            message: dict[str, Any] = {"role": "assistant", "content": result.text, "refusal": None}
-            body = _wire.completion_body(
-                f"chatcmpl-{result.request_id}",
-                request.created,
-                request.model,
-                message,
-                result.finish_reason,
-                result.usage,
+            body = _openai.completion_body(
+                f"chatcmpl-{result.request_id}", request.created, request.model, result
             )
             headers = [
                 (b"x-request-id", client_id or result.request_id.encode()),

@@ -2,7 +2,8 @@
 
 | status | when |
 |---|---|
-| 400 | bad JSON, bad parameters or messages (``InvalidRequestError``) |
+| 400 | bad JSON, parameters or messages; a capability no provider of the model has |
+|     | (tools, images, a JSON schema); every provider refused the request itself |
 | 401 | missing or wrong bearer key |
 | 404 | no provider serves the model (``ModelNotFoundError``) |
 | 413 | request body above ``[server] max_body_bytes`` |
@@ -18,6 +19,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from provhub import _openai
 from provhub._errors import (
     AllProvidersFailedError,
     InvalidRequestError,
@@ -26,7 +28,6 @@ from provhub._errors import (
     ProvhubError,
     StreamInterruptedError,
 )
-from provhub.gateway import _wire
 
 __all__ = ["GatewayError", "from_exception"]
 
@@ -45,11 +46,11 @@ class GatewayError(Exception):
 
     def body(self) -> bytes:
         """The JSON error object."""
-        return _wire.error_body(self.message, self.kind, self.code, self.param)
+        return _openai.error_body(self.message, self.kind, self.code, self.param)
 
     def event(self) -> bytes:
         """The same error as one SSE event (after the first token)."""
-        return _wire.error_event(self.message, self.kind, self.code, self.param)
+        return _openai.error_event(self.message, self.kind, self.code, self.param)
 
 
 def deadline_error(seconds: float) -> GatewayError:
@@ -70,8 +71,16 @@ def from_exception(exc: BaseException) -> GatewayError:
     if isinstance(exc, ModelNotFoundError):
         return GatewayError(404, str(exc), code="model_not_found", param="model")
     if isinstance(exc, InvalidRequestError):
-        return GatewayError(400, str(exc), code="invalid_request", param=_param_of(str(exc)))
+        return GatewayError(400, str(exc), code="invalid_request", param=exc.param)
     if isinstance(exc, NoProviderError):
+        reasons = list(exc.excluded.values())
+        if any(r.startswith("lacks capabilities") for r in reasons) and not any(
+            "circuit" in r for r in reasons
+        ):
+            # What the request asks for (tools, images, a JSON schema) keeps the
+            # providers out, and none is merely unavailable for now: the client
+            # must change the request; waiting will not help.
+            return GatewayError(400, str(exc), code="unsupported_capability")
         return GatewayError(
             503,
             str(exc),
@@ -109,7 +118,12 @@ def _all_failed(exc: AllProvidersFailedError) -> GatewayError:
             headers=_retry_after(1.0),
             provider=provider,
         )
-    if all(a.status == 429 for a in tried):
+    kinds = {a.kind for a in tried}
+    if kinds == {"context_length"} or kinds == {"content_policy"}:
+        # The request is at fault wherever it goes: the client must change it.
+        code = "context_length_exceeded" if kinds == {"context_length"} else "content_policy"
+        return GatewayError(400, str(exc), code=code, provider=provider)
+    if all(a.status == 429 or a.kind == "rate_limited" for a in tried):
         return GatewayError(
             429,
             str(exc),
@@ -141,13 +155,3 @@ def _retry_after(seconds: float) -> tuple[tuple[bytes, bytes], ...]:
     if seconds <= 0:
         return ()
     return ((b"retry-after", str(max(1, math.ceil(seconds))).encode()),)
-
-
-_PARAMS = ("messages", "temperature", "max_tokens", "top_p", "stop", "tools", "tool_choice")
-
-
-def _param_of(message: str) -> str | None:
-    # The hub's messages name what was wrong ("messages[0] has role ...",
-    # "temperature must be ..."): the leading word is the OpenAI ``param``.
-    head = message.split(" ", 1)[0].split("[", 1)[0].strip("'\"`:")
-    return head if head in _PARAMS or head.startswith("messages") else None

@@ -18,8 +18,8 @@ import asyncio
 from collections.abc import Callable
 from typing import Any
 
+from provhub import _openai
 from provhub._errors import ProvhubError
-from provhub.gateway import _wire
 from provhub.gateway._errors import GatewayError, deadline_error, from_exception
 from provhub.gateway._http import DisconnectWatch, Headers, send_bytes
 from provhub.gateway._limits import Deadline
@@ -52,12 +52,12 @@ async def stream_answer(
     watch: DisconnectWatch,
 ) -> int:
     """Write the answer of ``astream`` as SSE; returns the status sent (499 on disconnect)."""
-    encoder = _wire.ChunkEncoder(completion_id, created, model, include_usage=include_usage)
+    encoder = _openai.ChunkEncoder(completion_id, created, model, include_usage=include_usage)
     started = False
     error: GatewayError | None = None
     # Encoded events not written yet: on a failure they go out before the error.
     pending: list[bytes] = []
-    iterator = astream.__aiter__()
+    iterator = astream.items().__aiter__()
     try:
         async with asyncio.timeout(deadline.remaining()):
             try:
@@ -75,11 +75,12 @@ async def stream_answer(
             started = True
             pending.append(encoder.role())
             if first is not None:
-                pending.append(encoder.text(first))
+                pending.append(encoder.item(first))
                 await _pump(send, iterator, encoder, pending)
-            pending.append(encoder.finish(astream.finish_reason))
+            reason = astream.finish_reason or ("tool_calls" if astream.tool_calls else None)
+            pending.append(encoder.finish(reason))
             pending.append(encoder.usage(astream.usage))
-            pending.append(_wire.DONE)
+            pending.append(_openai.DONE)
             watch.stop()
             await send({"type": "http.response.body", "body": b"".join(pending)})
             return 200
@@ -108,28 +109,30 @@ async def stream_answer(
 
 
 async def _pump(
-    send: Callable[..., Any], iterator: Any, encoder: _wire.ChunkEncoder, pending: list[bytes]
+    send: Callable[..., Any], iterator: Any, encoder: _openai.ChunkEncoder, pending: list[bytes]
 ) -> None:
-    """Copy tokens to the client until the stream ends, one write per ready batch."""
-    text = encoder.text
+    """Copy items to the client until the stream ends, one write per ready batch."""
+    encode = encoder.item
     while True:
         coro = iterator.__anext__()
         try:
-            token, yielded = step(coro)
-            if not ready(token):
+            result, yielded = step(coro)
+            if not ready(result):
                 # Nothing buffered: send what we hold before waiting for more.
                 if pending:
                     await send(
                         {"type": "http.response.body", "body": b"".join(pending), "more_body": True}
                     )
                     pending.clear()
-                token = await Resume(coro, yielded)
+                item = await Resume(coro, yielded)
+            else:
+                item = result
         except StopAsyncIteration:
             return
         except BaseException:
             coro.close()
             raise
-        pending.append(text(token))
+        pending.append(encode(item))
         if len(pending) >= _BATCH:
             await send({"type": "http.response.body", "body": b"".join(pending), "more_body": True})
             pending.clear()

@@ -1,0 +1,154 @@
+"""Redaction: what may leave provhub in an event, a log line or an error message.
+
+Two tools, one policy (SPEC §7: never content unless the host opts in, never a
+secret):
+
+- :func:`redact` works on event *fields* by name: fields that may hold secrets
+  are masked, fields that may hold prompt or answer text are dropped.
+- :class:`Secrets` works on *text* by value: the credentials a call sent are
+  masked wherever an upstream echoes them back (error bodies, reason phrases,
+  error objects inside a stream), before that text becomes part of an error.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+from collections.abc import Iterable, Mapping
+from typing import Any
+from urllib.parse import quote
+
+__all__ = ["REDACTED", "Secrets", "redact"]
+
+REDACTED = "***"
+
+# Fields that may hold secrets are masked; fields that may hold prompt or answer
+# text are dropped unless the host opted in with ``log_content=True``.
+_SECRET_MARKERS = ("key", "authorization", "token", "secret", "password", "cookie")
+_CONTENT_FIELDS = frozenset({"messages", "content", "prompt", "text", "delta", "body"})
+_COUNTER_FIELDS = frozenset(
+    {
+        "max_tokens",
+        "prompt_tokens",
+        "completion_tokens",
+        "total_tokens",
+        "cached_tokens",
+        "reasoning_tokens",
+        "input_tokens",
+        "output_tokens",
+    }
+)
+
+_SECRET, _CONTENT, _PLAIN = "secret", "content", "plain"
+# Exact types that cannot hold nested fields to redact (lists are kept as they are).
+_LEAF_TYPES = frozenset({str, int, float, bool, type(None), list, tuple})
+
+
+@functools.lru_cache(maxsize=1024)
+def _field_kind(key: str) -> str:
+    # Every event passes its field names through here and they are nearly always the
+    # same few: cached, a name costs one lookup instead of six substring scans.
+    lowered = key.lower()
+    if lowered not in _COUNTER_FIELDS and any(m in lowered for m in _SECRET_MARKERS):
+        return _SECRET
+    return _CONTENT if lowered in _CONTENT_FIELDS else _PLAIN
+
+
+def redact(fields: Mapping[str, Any], *, log_content: bool = False) -> dict[str, Any]:
+    """Return a copy of ``fields`` with secrets masked and content dropped.
+
+    Nested dicts (e.g. ``headers``, ``params``) are redacted too.
+    """
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        kind = _field_kind(key)
+        if kind is _SECRET:
+            out[key] = REDACTED
+        elif kind is _CONTENT and not log_content:
+            continue
+        elif type(value) in _LEAF_TYPES:
+            out[key] = value  # the usual field: skip the slower ABC check below
+        elif isinstance(value, Mapping):
+            out[key] = redact(value, log_content=log_content)
+        else:
+            out[key] = value
+    return out
+
+
+# Request headers whose values are never secret; every other header's value is
+# treated as a credential (X-Goog-Api-Key, Ocp-Apim-Subscription-Key, X-Auth-Token,
+# whatever a plugin or a config table adds).
+_PLAIN_HEADERS = frozenset(
+    {
+        "accept",
+        "accept-encoding",
+        "accept-language",
+        "cache-control",
+        "connection",
+        "content-length",
+        "content-type",
+        "host",
+        "user-agent",
+    }
+)
+# Shorter values are not masked: "1" or "yes" would mask half of every message.
+_MIN_SECRET = 8
+
+
+class Secrets:
+    """The credentials one call sent, masked in any text derived from the answer.
+
+    Each secret is masked as sent, JSON-escaped (``\\u`` forms included) and
+    URL-encoded, since upstreams quote rejected keys in all of these forms.
+    """
+
+    __slots__ = ("_forms",)
+
+    def __init__(self, values: Iterable[str] = ()) -> None:
+        self._forms: tuple[str, ...] = ()
+        self.add(*values)
+
+    def __bool__(self) -> bool:
+        return bool(self._forms)
+
+    def add(self, *values: str) -> None:
+        """Remember more secret values (short ones are ignored)."""
+        forms = set(self._forms)
+        for value in values:
+            if not isinstance(value, str) or len(value) < _MIN_SECRET:
+                continue
+            forms.update(_forms_of(value))
+        # Longest first, so a secret that contains another is masked whole.
+        self._forms = tuple(sorted(forms, key=len, reverse=True))
+
+    def add_headers(self, headers: Mapping[str, str]) -> None:
+        """Remember the value of every header that may carry a credential."""
+        for name, value in headers.items():
+            if name.lower() in _PLAIN_HEADERS or not isinstance(value, str):
+                continue
+            # "Bearer KEY", "Basic XYZ": the token alone is echoed as often as the whole.
+            self.add(value, value.rsplit(" ", 1)[-1])
+
+    def mask(self, text: str) -> str:
+        """``text`` with every known secret replaced by ``***``."""
+        for form in self._forms:
+            if form in text:
+                text = text.replace(form, REDACTED)
+        return text
+
+    def mask_bytes(self, raw: bytes) -> bytes:
+        """``raw`` with every known secret (UTF-8 encoded) replaced by ``***``."""
+        for form in self._forms:
+            encoded = form.encode("utf-8", "surrogatepass")
+            if encoded in raw:
+                raw = raw.replace(encoded, b"***")
+        return raw
+
+
+def _forms_of(value: str) -> set[str]:
+    forms = {value, quote(value, safe=""), json.dumps(value)[1:-1]}
+    # Every character \u-escaped: what an ASCII-only JSON encoder of another
+    # language may produce for a key it quotes back.
+    forms.add("".join(f"\\u{ord(c):04x}" for c in value))
+    forms.add("".join(f"\\u{ord(c):04X}" for c in value))
+    return {form for form in forms if len(form) >= _MIN_SECRET}
