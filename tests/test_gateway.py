@@ -737,6 +737,7 @@ def test_body_over_the_limit_is_413_before_it_is_read(strict: Gateway) -> None:
     response = post(strict, big, headers=auth())
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "request_too_large"
+    assert response.headers["connection"] == "close"
     # Declared larger than the limit: refused without sending the body at all.
     with socket.create_connection(("127.0.0.1", strict.port), timeout=5) as sock:
         sock.sendall(
@@ -828,3 +829,16 @@ def test_missing_server_extra_says_how_to_install() -> None:
     assert result.returncode == 2
     assert "pip install 'provhub[server]'" in result.stderr
     assert "uvicorn" in result.stderr
+
+
+def test_several_workers_serve_the_same_configuration(upstreams: Upstreams) -> None:
+    config = "\n".join([FAST_ROUTER, provider_tables({"a": upstreams.a})])
+    with Gateway(config, args=["--workers", "2"]) as server:
+        answers = {
+            post(server, {"model": "gpt-4", "messages": HI}).json()["choices"][0]["message"][
+                "content"
+            ]
+            for _ in range(6)
+        }
+        assert answers == {"Hello there"}
+        assert "2 worker(s)" in server.stderr()

@@ -150,16 +150,24 @@ class Gateway:
             stderr=subprocess.STDOUT,
             preexec_fn=_raise_fd_limit,
         )
-        deadline = time.monotonic() + 90
+        deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
-                raise RuntimeError(f"{self.name} exited early; see {self._dir / 'server.log'}")
+                raise RuntimeError(f"{self.name} exited early: {self._keep_log()}")
             try:
-                requests.get(f"http://127.0.0.1:{self.port}{self.probe_path}", timeout=1)
+                requests.get(f"http://127.0.0.1:{self.port}{self.probe_path}", timeout=2)
                 return
             except requests.RequestException:
                 time.sleep(0.2)
-        raise RuntimeError(f"{self.name} did not become ready; see {self._dir / 'server.log'}")
+        raise RuntimeError(f"{self.name} did not become ready in 180 s: {self._keep_log()}")
+
+    def _keep_log(self) -> str:
+        """Copy the server's log next to the results (its folder is removed on close)."""
+        kept = REPO / "tests" / "benchmarks" / "results" / f"{self.name}-server.log"
+        kept.parent.mkdir(parents=True, exist_ok=True)
+        self._log.flush()
+        shutil.copyfile(self._dir / "server.log", kept)
+        return f"see {kept}"
 
     def needs_restart(self, workload: str) -> bool:
         return False

@@ -25,6 +25,8 @@ def _too_large(limit: int) -> GatewayError:
         f"request body is larger than {limit} bytes ([server] max_body_bytes); "
         "send a smaller request or raise the limit",
         code="request_too_large",
+        # The rest of the body is not wanted: close instead of draining it.
+        headers=((b"connection", b"close"),),
     )
 
 
