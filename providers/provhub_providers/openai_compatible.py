@@ -38,6 +38,7 @@ class OpenAICompatible(AbstractProvider):
     """
 
     supports_stream = True
+    models_path = "/models"
 
     def __init__(
         self,

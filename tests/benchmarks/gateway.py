@@ -283,7 +283,10 @@ async def measure(
 
     if gateway.needs_restart("mp"):
         gateway.start("mp")
+    cpu = gateway.cpu_seconds()
     paced = await many_streams(target, "mp", settings.paced, settings.paced_limit)
+    # Share of the gateway's core it used while the paced streams ran.
+    paced["cpu_share"] = (gateway.cpu_seconds() - cpu) / paced["wall_s"]
     out["paced"] = paced
 
     if settings.hold:
@@ -292,6 +295,7 @@ async def measure(
         path = _lag_path(gateway)
         idle = await idle_probe(gateway.port, path)
         rss_start = gateway.rss_bytes() / 2**20
+        cpu = gateway.cpu_seconds()
         hold = await many_streams(
             target,
             "mh",
@@ -304,6 +308,7 @@ async def measure(
         hold["lag_p50_ms"] = _pct(lags, 0.5)
         hold["lag_p99_ms"] = _pct(lags, 0.99)
         hold["rss_start_mib"] = rss_start
+        hold["cpu_share"] = (gateway.cpu_seconds() - cpu) / hold["wall_s"]
         out["hold"] = hold
     return out
 
@@ -385,6 +390,15 @@ def report(results: dict[str, Any]) -> list[str]:
         "low",
     )
     row("256 paced streams, max", lambda x: x["paced"]["max_s"], " s", 2, "", "low")
+    row("256 paced streams, completed", lambda x: x["paced"]["completed"], "", 0, "")
+    row(
+        "256 paced streams, gateway CPU",
+        lambda x: x["paced"]["cpu_share"] * 100,
+        " %",
+        0,
+        "",
+        "low",
+    )
     if ph.get("hold"):
         row(
             "1,000 streams: peak RSS",
@@ -403,6 +417,14 @@ def report(results: dict[str, Any]) -> list[str]:
             "low",
         )
         row("1,000 streams: completed", lambda x: x.get("hold", {}).get("completed"), "", 0, "")
+        row(
+            "1,000 streams: gateway CPU",
+            lambda x: x.get("hold", {}).get("cpu_share", 0) * 100,
+            " %",
+            0,
+            "",
+            "low",
+        )
     return rows
 
 
