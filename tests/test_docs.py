@@ -37,6 +37,7 @@ GUIDES = (
     "index.md",
     "concepts.md",
     "embedding.md",
+    "tools.md",
     "plugins.md",
     "testing.md",
     "configuration.md",

@@ -261,9 +261,15 @@ class Hub:
     def providers(
         self, model: str | None = None, require: Capability = Capability.NONE
     ) -> list[ProviderInfo]:
-        """Registered providers, optionally only those serving ``model`` with ``require``."""
-        found = self._registry.serving(model) if model is not None else self._registry.all()
-        return [info for info in found if require in info.capabilities]
+        """Registered providers, optionally only those serving ``model`` with ``require``.
+
+        With ``model``, a provider's per-model capabilities count
+        (:meth:`ProviderInfo.capabilities_for`); without, its provider-wide ones.
+        """
+        if model is None:
+            return [info for info in self._registry.all() if require in info.capabilities]
+        serving = self._registry.serving(model)
+        return [info for info in serving if require in info.capabilities_for(model)]
 
     def route(
         self,
