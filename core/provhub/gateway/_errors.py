@@ -118,9 +118,9 @@ def from_exception(exc: BaseException) -> GatewayError:
 def _all_failed(exc: AllProvidersFailedError) -> GatewayError:
     attempts = exc.attempts
     provider = attempts[-1].provider if attempts else None
-    tried = [a for a in attempts if a.error_type != "CircuitOpen"]
+    tried = [a for a in attempts if not a.skipped]
     if not tried:
-        # Nothing was sent: every candidate's breaker was open.
+        # Nothing was sent: every candidate was skipped (breaker open, over a limit).
         return GatewayError(
             503,
             str(exc),
