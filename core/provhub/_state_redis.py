@@ -59,7 +59,42 @@ from provhub._state import (
 __all__ = ["RedisStateStore"]
 
 _SCRIPT = r"""
-local r = cjson.decode(ARGV[1])
+-- Arguments, flat (cheaper than JSON on both sides): prefix, window, threshold,
+-- cooldown, ttl, tokens, lease id, take, check_all, retry, order, then the finish
+-- (0, or 1 and its fields and scopes), then the slots (count, then per slot the
+-- provider and its scopes); a scope is key, rpm, tpm, max_in_flight (0: none).
+local A = ARGV
+local r = {p = A[1], w = tonumber(A[2]), th = tonumber(A[3]), cd = tonumber(A[4]),
+           ttl = tonumber(A[5]), n = tonumber(A[6]), id = A[7], a = tonumber(A[8]),
+           all = tonumber(A[9]), rt = tonumber(A[10]), ob = A[11]}
+local x = 12
+local function scopes()
+  local count = tonumber(A[x])
+  x = x + 1
+  local out = {}
+  for j = 1, count do
+    out[j] = {k = A[x], rpm = tonumber(A[x + 1]), tpm = tonumber(A[x + 2]),
+              fly = tonumber(A[x + 3])}
+    x = x + 4
+  end
+  return out
+end
+if A[x] == '1' then
+  r.f = {id = A[x + 1], p = A[x + 2], n = tonumber(A[x + 3]), v = A[x + 4],
+         ttft = tonumber(A[x + 5]), tok = tonumber(A[x + 6]), cd = tonumber(A[x + 7])}
+  x = x + 8
+  r.f.sc = scopes()
+else
+  x = x + 1
+end
+local slots = tonumber(A[x])
+x = x + 1
+r.s = {}
+for i = 1, slots do
+  local name = A[x]
+  x = x + 1
+  r.s[i] = {p = name, sc = scopes()}
+end
 local P = r.p
 local W = r.w
 local T = redis.call('TIME')
@@ -264,9 +299,25 @@ for _, i in ipairs(order) do
     chosen = i - 1
   end
 end
-local zero = {}
-for x, i in ipairs(order) do zero[x] = i - 1 end
-return cjson.encode({c = chosen, s = skipped, o = zero, t = tr, n = now})
+-- The reply, flat: chosen (-1: none), now, the transitions (count, then event and
+-- provider each), the refusals (count, then six values each), then the order.
+-- Fractions travel as strings: Redis turns a Lua number into an integer.
+local out = {chosen, tostring(now), #tr}
+for _, t in ipairs(tr) do
+  out[#out + 1] = t[1]
+  out[#out + 1] = t[2]
+end
+out[#out + 1] = #skipped
+for _, k in ipairs(skipped) do
+  out[#out + 1] = k[1]
+  out[#out + 1] = k[2]
+  out[#out + 1] = k[3]
+  out[#out + 1] = k[4]
+  out[#out + 1] = tostring(k[5])
+  out[#out + 1] = k[6]
+end
+for _, i in ipairs(order) do out[#out + 1] = i - 1 end
+return out
 """
 
 _SNAPSHOT = r"""
@@ -332,34 +383,58 @@ def _shown(url: str) -> str:
     return urlunsplit((parts.scheme, host, parts.path, "", ""))
 
 
-def _scopes_arg(scopes: Sequence[Scope]) -> list[dict[str, Any]]:
-    return [
-        {
-            "k": scope.key,
-            "rpm": scope.limits.rpm or 0,
-            "tpm": scope.limits.tpm or 0,
-            "fly": scope.limits.max_in_flight or 0,
-        }
-        for scope in scopes
-    ]
+def _scopes_args(scopes: Sequence[Scope], out: list[str]) -> None:
+    out.append(str(len(scopes)))
+    for scope in scopes:
+        limits = scope.limits
+        out += (
+            scope.key,
+            str(limits.rpm or 0),
+            str(limits.tpm or 0),
+            str(limits.max_in_flight or 0),
+        )
 
 
-def _finish_arg(lease: Lease, outcome: Outcome) -> dict[str, Any]:
+def _finish_args(lease: Lease, outcome: Outcome, out: list[str]) -> None:
+    out += (
+        "1",
+        lease.id,
+        lease.provider,
+        str(lease.tokens),
+        _VERDICT_CODES[outcome.verdict],
+        "-1" if outcome.ttft is None else repr(outcome.ttft),
+        "-1" if outcome.tokens is None else str(max(0, outcome.tokens)),
+        repr(outcome.cooldown or 0.0),
+    )
+    _scopes_args(lease.scopes, out)
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+def _parse(reply: Any) -> dict[str, Any]:
+    """The script's flat reply as ``{"c", "n", "t", "s", "o"}``."""
+    chosen, now, count = int(reply[0]), float(reply[1]), int(reply[2])
+    at = 3
+    transitions = [(_text(reply[at + 2 * i]), _text(reply[at + 2 * i + 1])) for i in range(count)]
+    at += 2 * count
+    count = int(reply[at])
+    at += 1
+    skipped = []
+    for i in range(count):
+        row = reply[at + 6 * i : at + 6 * i + 6]
+        skipped.append(
+            (int(row[0]), _text(row[1]), int(row[2]), int(row[3]), float(row[4]), int(row[5]))
+        )
+    at += 6 * count
     return {
-        "id": lease.id,
-        "p": lease.provider,
-        "sc": _scopes_arg(lease.scopes),
-        "n": lease.tokens,
-        "v": _VERDICT_CODES[outcome.verdict],
-        "ttft": -1 if outcome.ttft is None else outcome.ttft,
-        "tok": -1 if outcome.tokens is None else max(0, outcome.tokens),
-        "cd": outcome.cooldown or 0,
+        "c": chosen,
+        "n": now,
+        "t": transitions,
+        "s": skipped,
+        "o": [int(v) for v in reply[at:]],
     }
-
-
-def _listed(value: Any) -> list[Any]:
-    # cjson encodes an empty Lua table as {}: an empty list.
-    return value if isinstance(value, list) else []
 
 
 class RedisStateStore:
@@ -409,12 +484,9 @@ class RedisStateStore:
         # command, one reply): redis-py's client-level command path costs about
         # 70 us of CPU per call, several times the round trip on loopback.
         self._idle: list[Any] = []
-        self._base = {
-            "p": f"{config.prefix}:",
-            "w": window,
-            "th": threshold,
-            "cd": cooldown,
-        }
+        self._prefix = f"{config.prefix}:"
+        self._cooldown = cooldown
+        self._head = [self._prefix, repr(float(window)), str(threshold), repr(float(cooldown))]
         self._retry_interval = config.retry_interval
         self._emit = emit
         self._lock = threading.Lock()
@@ -458,7 +530,9 @@ class RedisStateStore:
         self._idle.append(connection)
         return reply
 
-    def _call(self, script: _Script, args: Sequence[str]) -> Any:
+    def _call(
+        self, script: _Script, args: Sequence[str], parse: Callable[[Any], Any] = _parse
+    ) -> Any:
         if self._degraded_at is not None:
             with self._lock:
                 now = time.monotonic()
@@ -468,7 +542,7 @@ class RedisStateStore:
                     # This caller probes Redis; the others stay local meanwhile.
                     self._retry_at = now + self._retry_interval
         try:
-            data = json.loads(self._evaluate(script, args))
+            data = parse(self._evaluate(script, args))
         except Exception as exc:  # whatever Redis or the client does, a request goes on
             self._degrade(exc)
             return None
@@ -538,20 +612,25 @@ class RedisStateStore:
         finish: tuple[Lease, Outcome] | None,
         lease: str,
     ) -> Any:
-        request: dict[str, Any] = {
-            **self._base,
-            "ttl": ttl,
-            "n": tokens,
-            "id": lease,
-            "a": 1 if take else 0,
-            "all": 1 if check_all else 0,
-            "rt": 1 if retry else 0,
-            "ob": order or "",
-            "s": [{"p": slot.name, "sc": _scopes_arg(slot.scopes)} for slot in slots],
-        }
-        if finish is not None:
-            request["f"] = _finish_arg(*finish)
-        return self._call(self._script, [json.dumps(request, separators=(",", ":"))])
+        args = [
+            *self._head,
+            repr(float(ttl)),
+            str(tokens),
+            lease,
+            "1" if take else "0",
+            "1" if check_all else "0",
+            "1" if retry else "0",
+            order or "",
+        ]
+        if finish is None:
+            args.append("0")
+        else:
+            _finish_args(*finish, args)
+        args.append(str(len(slots)))
+        for slot in slots:
+            args.append(slot.name)
+            _scopes_args(slot.scopes, args)
+        return self._call(self._script, args)
 
     def _decide(
         self,
@@ -600,10 +679,10 @@ class RedisStateStore:
         if finish is not None:
             finish[0].done = True
             local_transitions += self._mirror(finish[0].provider, finish[1])
-        skipped = [self._skip(sent[s[0]], slots[sent[s[0]]], s, tokens) for s in _listed(data["s"])]
+        skipped = [self._skip(sent[s[0]], slots[sent[s[0]]], s, tokens) for s in data["s"]]
         skipped.extend(refused.values())
         skipped.sort(key=lambda skip: skip.index)
-        order_used = tuple(sent[i] for i in _listed(data["o"])) + tuple(refused)
+        order_used = tuple(sent[i] for i in data["o"]) + tuple(refused)
         chosen = data["c"]
         admitted: Lease | None = None
         index: int | None = None
@@ -611,9 +690,7 @@ class RedisStateStore:
             index = sent[chosen]
             slot = slots[index]
             admitted = Lease(lease, slot.name, slot.scopes, tokens, local=False)
-        transitions = tuple(
-            dict.fromkeys(local_transitions + tuple((t[0], t[1]) for t in _listed(data["t"])))
-        )
+        transitions = tuple(dict.fromkeys(local_transitions + tuple(data["t"])))
         return Acquired(admitted, index, tuple(skipped), order_used, transitions)
 
     @staticmethod
@@ -687,27 +764,28 @@ class RedisStateStore:
             return ()
         if lease.local:
             return self._local.finish(lease, outcome)
-        request = {**self._base, "ttl": 1.0, "n": 0, "id": "", "a": 0, "all": 0, "rt": 0}
-        request.update(ob="", s=[], f=_finish_arg(lease, outcome))
-        data = self._call(self._script, [json.dumps(request, separators=(",", ":"))])
+        args = [*self._head, "1.0", "0", "", "0", "0", "0", ""]
+        _finish_args(lease, outcome, args)
+        args.append("0")
+        data = self._call(self._script, args)
         lease.done = True
         if data is None:
             transition = self._local.record(lease.provider, outcome)
             return ((transition, lease.provider),) if transition else ()
         mirrored = self._mirror(lease.provider, outcome)
-        shared = tuple((t[0], t[1]) for t in _listed(data["t"]))
+        shared = tuple(data["t"])
         return tuple(dict.fromkeys(shared + mirrored))
 
     def snapshot(self, names: Sequence[str]) -> dict[str, dict[str, object]]:
         """Every named provider's shared breaker and statistics (one round trip)."""
-        prefix = str(self._base["p"])
-        data = self._call(self._snapshot, [prefix, *names]) if names else None
+        data = self._call(self._snapshot, [self._prefix, *names], json.loads) if names else None
         if data is None:
             return self._local.snapshot(names)
         states = {"c": "closed", "o": "open", "h": "half_open"}
         result: dict[str, dict[str, object]] = {}
-        cooldown = self._base["cd"]
-        for name, state, failures, opened_ago, ttft, in_flight in _listed(data):
+        cooldown = self._cooldown
+        rows = data if isinstance(data, list) else []  # cjson writes an empty list as {}
+        for name, state, failures, opened_ago, ttft, in_flight in rows:
             shown = states.get(state, "closed")
             if shown == "open" and opened_ago >= cooldown:
                 shown = "half_open"
