@@ -49,12 +49,17 @@ def hub_for(make_hub: MakeHub, *upstreams: FakeUpstream, **router: Any) -> Hub:
 
 
 def astream_threads() -> list[threading.Thread]:
-    """Worker threads of async streams still alive (each given 2 s to finish)."""
-    workers = [t for t in threading.enumerate() if t.name == "provhub-astream"]
-    for worker in workers:
-        # A finished stream's worker may still be returning from its last wake-up call.
-        worker.join(2.0)
-    return [t for t in workers if t.is_alive()]
+    """Worker threads still busy with an async stream (given 2 s to finish).
+
+    Workers are pooled: one that finished its stream is renamed
+    ``provhub-astream-idle`` and waits for the next one (``hub.close()`` ends it).
+    """
+    deadline = time.monotonic() + 2.0
+    while True:
+        busy = [t for t in threading.enumerate() if t.name == "provhub-astream"]
+        if not busy or time.monotonic() > deadline:
+            return busy
+        time.sleep(0.01)
 
 
 class LagMeter:

@@ -247,7 +247,8 @@ def test_cancelled_and_abandoned_async_streams_leak_nothing(
     assert second_upstream.wait_for_open_connections(0)
     after = settled(baseline)
     assert after.within(baseline), f"{baseline=} {after=} new: {after.new_since(baseline)}"
-    assert not [t for t in threading.enumerate() if t.name == "provhub-astream"]
+    # Busy, idle or spawning: hub.close() ended every pooled worker thread.
+    assert not [t for t in threading.enumerate() if t.name.startswith("provhub-astream")]
 
 
 def test_closing_the_hub_releases_every_pooled_connection(

@@ -24,7 +24,7 @@ from provhub._stream import Completion, Stream
 from provhub._transport import Transport
 
 if TYPE_CHECKING:
-    from provhub._aio import AsyncStream
+    from provhub._aio import AsyncStream, Workers
 
 __all__ = ["Hub"]
 
@@ -84,6 +84,8 @@ class Hub:
             cooldown=self.config.router.breaker_cooldown,
         )
         self._transport = Transport(limits=self.config.limits)
+        # Worker threads of async streams, created on the first astream.
+        self._workers: Workers | None = None
         self._rng = random.Random()
         self._router = Router(
             self._registry, self._health, self.config.router, self.config.providers, rng=self._rng
@@ -327,7 +329,8 @@ class Hub:
         from provhub._aio import AsyncStream
 
         return AsyncStream(
-            self._start(model, messages, provider, require, timeouts, params, stream=True)
+            self._start(model, messages, provider, require, timeouts, params, stream=True),
+            self._async_workers(),
         )
 
     async def acomplete(
@@ -344,7 +347,18 @@ class Hub:
         from provhub._aio import acomplete
 
         stream = self._start(model, messages, provider, require, timeouts, params, stream=False)
-        return await acomplete(stream)
+        return await acomplete(stream, self._async_workers())
+
+    def _async_workers(self) -> Workers:
+        workers = self._workers
+        if workers is None:
+            from provhub._aio import Workers
+
+            with self._lock:
+                if self._workers is None:
+                    self._workers = Workers()
+                workers = self._workers
+        return workers
 
     def _start(
         self,
@@ -418,8 +432,10 @@ class Hub:
     # -- lifecycle --------------------------------------------------------
 
     def close(self) -> None:
-        """Close pooled connections. The hub stays usable (it reconnects)."""
+        """Close pooled connections and idle worker threads. The hub stays usable."""
         self._transport.close()
+        if self._workers is not None:
+            self._workers.close()
 
     def __enter__(self) -> Hub:
         return self
