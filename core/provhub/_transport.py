@@ -154,20 +154,20 @@ def _host(url: str) -> str | None:
         return None
 
 
-def _timeout_error(exc: Expired, provider: str) -> UpstreamTimeoutError:
+def _timeout_error(exc: Expired, provider: str, host: str | None) -> UpstreamTimeoutError:
     if exc.budget == "idle":
         message = f"upstream went silent for {exc.seconds:g} s (idle timeout)"
     elif exc.budget == "total":
         message = f"total timeout of {exc.seconds:g} s exceeded"
     else:
         message = f"first-token timeout of {exc.seconds:g} s exceeded"
-    return UpstreamTimeoutError(message, provider=provider, retryable=True)
+    return UpstreamTimeoutError(message, provider=provider, retryable=True, host=host)
 
 
 def _read_error(exc: BaseException, provider: str, host: str | None) -> ProviderError:
     """Map a failure while reading a body (the answer had started or not)."""
     if isinstance(exc, Expired):
-        return _timeout_error(exc, provider)
+        return _timeout_error(exc, provider, host)
     if isinstance(exc, Cancelled):
         return UpstreamConnectionError("call cancelled", provider=provider, host=host)
     if isinstance(exc, UpstreamProtocolError):
@@ -356,7 +356,7 @@ class Transport:
     ) -> BaseException:
         host = _host(url)
         if isinstance(exc, Expired):
-            return _timeout_error(exc, provider)
+            return _timeout_error(exc, provider, host)
         if isinstance(exc, Cancelled):
             return UpstreamConnectionError("call cancelled", provider=provider, host=host)
         if isinstance(exc, UpstreamProtocolError):  # raised by the wire's header checks
@@ -505,6 +505,10 @@ class Transport:
                 if not block:
                     break
                 chunks.append(block)
+        except UpstreamProtocolError as exc:
+            exc.provider = provider
+            exc.host = exc.host or host
+            raise
         except _READ_ERRORS as exc:
             # A body that stalls or ends early (an overstated Content-Length) after
             # a whole JSON object is a complete answer.

@@ -520,6 +520,7 @@ class Body:
         "_buf",
         "_coding",
         "_decoder",
+        "_error",
         "_exchange",
         "_fed",
         "_fp",
@@ -562,6 +563,7 @@ class Body:
         self._tail = b""  # compressed input the decoder has not consumed yet
         self._fed = False
         self._over = False
+        self._error: BaseException | None = None
 
     def read(self) -> bytes:
         """The next block of the decoded body; ``b""`` once it is complete."""
@@ -630,6 +632,10 @@ class Body:
             return b""
         framing = self._framing
         if framing == "chunked":
+            error = self._error
+            if error is not None:
+                self._error = None
+                raise error
             return self._chunked()
         if framing == "length":
             data = self._fill()
@@ -651,11 +657,25 @@ class Body:
             return b""
 
     def _chunked(self) -> bytes:
-        """Chunked framing parsed from whole reads: many chunks per call, one join."""
+        """Chunked framing parsed from whole reads: many chunks per call, one join.
+
+        A framing error found after some data in the same read is raised on the
+        next call: the data before it is delivered first.
+        """
+        pieces: list[bytes] = []
+        try:
+            return self._chunks(pieces)
+        except (UpstreamProtocolError, _Ended, OSError, Expired, Cancelled) as exc:
+            if not pieces:
+                raise
+            self._error = exc
+            self._buf = b""
+            return b"".join(pieces)
+
+    def _chunks(self, pieces: list[bytes]) -> bytes:
         buf = self._buf
         pos = 0
         left = self._left
-        pieces: list[bytes] = []
         while True:
             if left:
                 avail = len(buf) - pos
@@ -707,6 +727,11 @@ class Body:
                 raise UpstreamProtocolError("chunked body: invalid chunk size line", retryable=True)
             left = int(line, 16)
             if not left:
+                if pieces:
+                    # The last chunk: deliver the data first, read the trailers next call.
+                    self._buf = b"0\r\n" + buf[pos:]
+                    self._left = 0
+                    return b"".join(pieces) if len(pieces) != 1 else pieces[0]
                 self._buf = buf[pos:]
                 self._left = 0
                 self._trailers()
