@@ -201,7 +201,7 @@ def _original(exc: BaseException) -> BaseException:
 _READ_ERRORS = (Expired, Cancelled, _Ended, OSError, http.client.HTTPException)
 
 
-def _whole_json(data: bytes) -> Any:
+def _whole_json(data: bytes | bytearray) -> Any:
     """``data`` decoded if it is one whole JSON object, else None."""
     try:
         value = json.loads(data)
@@ -498,13 +498,15 @@ class Transport:
         headers: Mapping[str, str],
     ) -> Any:
         """Read a whole JSON body within the first-token budget and decode it."""
-        chunks: list[bytes] = []
+        # One growing buffer: a list of blocks joined at the end would hold the
+        # body twice at its peak.
+        data = bytearray()
         try:
             while True:
                 block = reader.read()
                 if not block:
                     break
-                chunks.append(block)
+                data += block
         except UpstreamProtocolError as exc:
             exc.provider = provider
             exc.host = exc.host or host
@@ -512,11 +514,10 @@ class Transport:
         except _READ_ERRORS as exc:
             # A body that stalls or ends early (an overstated Content-Length) after
             # a whole JSON object is a complete answer.
-            answer = _whole_json(b"".join(chunks))
+            answer = _whole_json(data)
             if answer is None:
                 raise _read_error(exc, provider, host) from _original(exc)
             return answer
-        data = b"".join(chunks)
         try:
             return json.loads(data)
         except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
@@ -525,7 +526,7 @@ class Transport:
             raise UpstreamProtocolError(
                 f"response is not JSON ({len(data)} bytes)",
                 provider=provider,
-                body=_excerpt(data, secrets),
+                body=_excerpt(bytes(data[:_ERROR_BODY_BYTES]), secrets),
                 host=host,
             ) from exc
 

@@ -55,6 +55,8 @@ BLOCK = 65536
 # The whole header block, interim 1xx responses included. Real servers send a few
 # KiB; http.client alone would accept 100 lines of 64 KiB each.
 MAX_HEADER_BYTES = 65536
+# Compressed bytes fed to the decoder per step.
+_FEED = 16384
 # A chunk-size line (hex digits and extensions) and the trailer section.
 _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_BYTES = 16384
@@ -353,6 +355,9 @@ class Response(http.client.HTTPResponse):
         self.reusable = not self.will_close
         if self.status in (204, 304) or 100 <= self.status < 200 or self._head:
             self.framing = "empty"
+            if self.status < 200:
+                # 101 Switching Protocols: what follows on the socket is not HTTP.
+                self.reusable = False
             return
         if encodings:
             codings = [c.strip().lower() for e in encodings for c in e.split(",") if c.strip()]
@@ -525,6 +530,7 @@ class Body:
         "_fed",
         "_fp",
         "_framing",
+        "_input",
         "_left",
         "_limit",
         "_over",
@@ -561,6 +567,7 @@ class Body:
         self._coding = codings[0] if codings else ""
         self._decoder: Any = _decoder(self._coding) if codings else None
         self._tail = b""  # compressed input the decoder has not consumed yet
+        self._input: Any = b""  # compressed input not yet fed to the decoder
         self._fed = False
         self._over = False
         self._error: BaseException | None = None
@@ -589,8 +596,15 @@ class Body:
             decoder = self._decoder
             if self._tail:
                 raw, self._tail = self._tail, b""
+            elif self._input:
+                raw, self._input = self._input[:_FEED], self._input[_FEED:]
             else:
                 raw = self._framed()
+                if len(raw) > _FEED:
+                    # Fed in slices: unconsumed_tail copies what is left of the input
+                    # on every bounded step, which would make a big block quadratic.
+                    view = memoryview(raw)
+                    raw, self._input = view[:_FEED], view[_FEED:]
                 if not raw:
                     if self._fed and not decoder.eof:
                         raise UpstreamProtocolError(
@@ -599,7 +613,7 @@ class Body:
                     return b""
             self._fed = True
             if decoder.eof:
-                if self._coding == "deflate" or not raw.strip(b"\x00"):
+                if self._coding == "deflate" or not bytes(raw).strip(b"\x00"):
                     continue  # bytes after the compressed stream: ignored
                 # Another gzip member (RFC 1952 allows several): start over.
                 decoder = self._decoder = _decoder(self._coding)
