@@ -148,7 +148,7 @@ def _events_of(hub: Hub) -> list[dict[str, Any]]:
     return events
 
 
-WHOLE = sse(("Hel", "lo"), done=False) + [event({"choices": [], "usage": {"total_tokens": 2}})]
+WHOLE = [*sse(("Hel", "lo"), done=False), event({"choices": [], "usage": {"total_tokens": 2}})]
 
 
 @pytest.mark.parametrize(
@@ -225,13 +225,10 @@ def test_retries_never_carry_a_call_past_its_total_deadline(make_hub: MakeHub, m
     timeouts = {"connect": 5.0, "first_token": 0.8, "idle": 5.0, "total": 1.5}
     with HostileServer(default=trickle) as server:
         hub = _hub(make_hub, server.base_url, timeouts=timeouts, backoff_base=0.0)
-        hub.config  # noqa: B018 - the hub is built
         started = time.monotonic()
+        call = hub.complete if mode == "complete" else lambda *a: "".join(hub.stream(*a))
         with pytest.raises(AllProvidersFailedError) as caught:
-            if mode == "stream":
-                "".join(hub.stream(MODEL, MESSAGES))
-            else:
-                hub.complete(MODEL, MESSAGES)
+            call(MODEL, MESSAGES)
         took = time.monotonic() - started
     assert took < 1.5 + 0.5
     assert {a.error_type for a in caught.value.attempts} == {"UpstreamTimeoutError"}
@@ -262,44 +259,14 @@ def test_a_provider_running_out_of_memory_is_not_retried_as_a_connection_error(
     assert "memory" in (failed.error or "")
 
 
-OOM_SCRIPT = r"""
-import resource, sys, threading
-sys.path.insert(0, sys.argv[1])
-from provhub import Limits, Timeouts, Transport, ProviderError
-from tests.hostile import Flood, HostileServer, Read, Send, head
-
-# The body is a gigabyte of spaces, one huge JSON "value": the buffer outgrows an
-# address space capped near the current use, and allocation fails for real.
-server = HostileServer(default=[Read(), Send(head(content_type="application/json", framing="length", length=1 << 30)), Flood(b" " * 65536)])
-server.__enter__()
-transport = Transport(limits=Limits(max_response_bytes=1 << 31))
-timeouts = Timeouts(connect=2, first_token=30, idle=5, total=30)
-with open("/proc/self/status") as status:
-    vm = [int(l.split()[1]) * 1024 for l in status if l.startswith("VmSize")][0]
-resource.setrlimit(resource.RLIMIT_AS, (vm + (300 << 20), resource.RLIM_INFINITY))
-try:
-    transport.post_json(server.base_url + "/chat/completions", {"model": "m"}, headers={},
-                        timeouts=timeouts, provider="p")
-except MemoryError:
-    print("MemoryError")
-except ProviderError as exc:
-    print("ProviderError", type(exc).__name__, exc.retryable, exc)
-resource.setrlimit(resource.RLIMIT_AS, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))
-transport.close()
-server.stop()
-"""
-
-
-def test_a_real_out_of_memory_while_reading_is_not_a_retryable_connection_error(
-    tmp_path: Path,
-) -> None:
+def test_a_real_out_of_memory_while_reading_is_not_a_retryable_connection_error() -> None:
     repo = Path(__file__).resolve().parent.parent
     done = subprocess.run(
-        [sys.executable, "-c", OOM_SCRIPT, str(repo)],
+        [sys.executable, "-m", "tests.probes", "out-of-memory"],
         capture_output=True,
         text=True,
         timeout=120,
-        cwd=tmp_path,
+        cwd=repo,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     # The MemoryError reaches the run, which maps it (not retryable); it is never

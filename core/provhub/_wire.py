@@ -597,14 +597,14 @@ class Body:
             if self._tail:
                 raw, self._tail = self._tail, b""
             elif self._input:
-                raw, self._input = self._input[:_FEED], self._input[_FEED:]
+                raw, self._input = bytes(self._input[:_FEED]), self._input[_FEED:]
             else:
                 raw = self._framed()
                 if len(raw) > _FEED:
                     # Fed in slices: unconsumed_tail copies what is left of the input
                     # on every bounded step, which would make a big block quadratic.
                     view = memoryview(raw)
-                    raw, self._input = view[:_FEED], view[_FEED:]
+                    raw, self._input = bytes(view[:_FEED]), view[_FEED:]
                 if not raw:
                     if self._fed and not decoder.eof:
                         raise UpstreamProtocolError(
