@@ -32,6 +32,8 @@ import weakref
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
+from provhub._wire import Gate, pause, resume, worker
+
 if TYPE_CHECKING:
     from provhub._attempt import Attempt
     from provhub._spec import StreamItem, Usage
@@ -57,71 +59,106 @@ _IDLE_NAME = "provhub-astream-idle"
 class Workers:
     """The threads that run async streams: one per stream in progress, reused.
 
-    ``submit`` never blocks on thread creation: when no idle worker is free, it
-    asks the spawner thread for a new one. Idle workers exit after
-    ``idle_seconds``; :meth:`close` ends them at once (a worker busy with a
-    stream ends when its stream does). The pool can be used again after close.
-    A busy worker is named ``provhub-astream``, an idle one
-    ``provhub-astream-idle``.
+    ``submit`` never blocks: the stream waits in a queue until the pool's
+    :class:`~provhub._wire.Gate` admits it, then an idle worker is woken or the
+    spawner thread starts a new one (``Thread.start()`` waits for the new
+    thread to run, which under a busy GIL took milliseconds per stream on the
+    loop). Concurrency is never capped: a stream blocked on the network holds
+    no slot. Idle workers exit after ``idle_seconds``; :meth:`close` ends them
+    at once (a worker busy with a stream ends when its stream does); the pool
+    can be used again after close. A busy worker is named ``provhub-astream``,
+    an idle one ``provhub-astream-idle``.
     """
 
-    def __init__(self, idle_seconds: float = _IDLE_SECONDS) -> None:
+    def __init__(self, idle_seconds: float = _IDLE_SECONDS, gate: Gate | None = None) -> None:
         self._idle_seconds = idle_seconds
+        self.gate = gate or Gate()
+        self.gate.on_release = self._admit
         self._lock = threading.Lock()
-        self._ready = threading.Condition(self._lock)  # jobs for idle workers
-        self._wanted_cond = threading.Condition(self._lock)  # threads for the spawner
-        self._jobs: collections.deque[Callable[[], None]] = collections.deque()
+        self._ready = threading.Condition(self._lock)  # admitted jobs for idle workers
+        self._spawn_wake = threading.Condition(self._lock)  # work for the spawner
+        self._pending: collections.deque[Callable[[], None]] = collections.deque()
+        self._admitted: collections.deque[tuple[Callable[[], None], object]] = collections.deque()
         self._idle = 0  # workers waiting for a job
-        self._notified = 0  # of those, already woken for a job
+        self._notified = 0  # of those, already woken for one
         self._wanted = 0  # threads the spawner is to start
         self._spawner: threading.Thread | None = None
         self._closed = False
 
     def submit(self, job: Callable[[], None]) -> None:
-        """Run ``job`` on a worker thread (a free one, or a new one)."""
-        start: threading.Thread | None = None
+        """Run ``job`` on a worker thread once the gate admits it."""
         with self._lock:
             self._closed = False
-            self._jobs.append(job)
-            if self._idle > self._notified:
-                self._notified += 1
-                self._ready.notify()
-                return
-            self._wanted += 1
-            if self._spawner is None:
-                start = self._spawner = threading.Thread(
-                    target=self._spawn, name="provhub-astream-spawner", daemon=True
-                )
-            else:
-                self._wanted_cond.notify()
+            self._pending.append(job)
+            start = self._assign()
         if start is not None:
-            # Only when no spawner is running: once per burst, not per stream.
-            start.start()
+            start.start()  # only when no spawner runs: once per burst, not per stream
 
     def close(self) -> None:
         """End idle workers and the spawner now; busy workers end with their stream."""
         with self._lock:
             self._closed = True
             self._ready.notify_all()
-            self._wanted_cond.notify_all()
+            self._spawn_wake.notify_all()
+
+    def _admit(self) -> None:
+        """A slot freed up: admit a waiting stream (called by the gate)."""
+        if not self._pending:
+            return
+        with self._lock:
+            start = self._assign()
+        if start is not None:
+            start.start()
+
+    def _assign(self) -> threading.Thread | None:
+        """Admit what the gate lets in; returns a spawner to start, if one is needed.
+
+        Called with the lock held.
+        """
+        while self._pending:
+            slot = self.gate.try_acquire()
+            if slot is None:
+                break
+            self._admitted.append((self._pending.popleft(), slot))
+            if self._idle > self._notified:
+                self._notified += 1
+                self._ready.notify()
+            else:
+                self._wanted += 1
+        if not (self._wanted or self._pending):
+            return None
+        if self._spawner is not None:
+            self._spawn_wake.notify()
+            return None
+        self._spawner = threading.Thread(
+            target=self._spawn, name="provhub-astream-spawner", daemon=True
+        )
+        return self._spawner
 
     def _spawn(self) -> None:
+        """Start the threads wanted; retry admission while streams wait."""
         while True:
             with self._lock:
-                while not self._wanted:
-                    idle = self._closed or not self._wanted_cond.wait(self._idle_seconds)
-                    if idle and not self._wanted:
+                while True:
+                    self._assign()
+                    if self._wanted:
+                        count, self._wanted = self._wanted, 0
+                        break
+                    # Streams still waiting: look again soon, a slot may be revoked.
+                    timeout = self.gate.patience if self._pending else self._idle_seconds
+                    woken = self._spawn_wake.wait(timeout)
+                    if not self._pending and not self._wanted and (self._closed or not woken):
                         self._spawner = None
                         return
-                count, self._wanted = self._wanted, 0
             for _ in range(count):
                 threading.Thread(target=self._work, name=_IDLE_NAME, daemon=True).start()
 
     def _work(self) -> None:
         me = threading.current_thread()
+        local = worker
         while True:
             with self._lock:
-                while not self._jobs:
+                while not self._admitted:
                     if self._closed:
                         return
                     self._idle += 1
@@ -129,13 +166,19 @@ class Workers:
                     self._idle -= 1
                     if notified:
                         self._notified -= 1
-                    elif not self._jobs:
+                    elif not self._admitted:
                         return  # idle for too long
-                job = self._jobs.popleft()
+                job, slot = self._admitted.popleft()
             me.name = _BUSY_NAME
+            local.gate = self.gate
+            local.slot = slot
             try:
                 job()
             finally:
+                if local.slot is not None:
+                    self.gate.release(local.slot)
+                    local.slot = None
+                local.gate = None
                 me.name = _IDLE_NAME
 
 
@@ -173,7 +216,7 @@ class _Channel:
         self.closed = False
         self.finished = False
         self.full = False
-        self.space = threading.Event()
+        self.space: threading.Event | None = None  # created when the buffer first fills
 
     def work(self) -> None:
         gen = self.gen
@@ -214,13 +257,20 @@ class _Channel:
                 self.wake()
 
     def _wait_for_space(self) -> None:
-        self.space.clear()
+        space = self.space
+        if space is None:
+            space = self.space = threading.Event()
+        space.clear()
         self.full = True
-        while len(self.buffer) >= _MAX_BUFFER and not self.closed:
-            # Wake up now and then: a consumer whose event loop has closed will
-            # never drain the buffer.
-            if not self.space.wait(0.25) and (self.loop is None or self.loop.is_closed()):
-                self.closed = True
+        gate = pause()  # no slot kept while waiting for the consumer
+        try:
+            while len(self.buffer) >= _MAX_BUFFER and not self.closed:
+                # Wake up now and then: a consumer whose event loop has closed will
+                # never drain the buffer.
+                if not space.wait(0.25) and (self.loop is None or self.loop.is_closed()):
+                    self.closed = True
+        finally:
+            resume(gate)
         self.full = False
 
     def wake(self) -> None:
@@ -240,7 +290,8 @@ class _Channel:
     def stop(self) -> None:
         """Ask the worker to end and abort its network call (any thread)."""
         self.closed = True
-        self.space.set()
+        if self.space is not None:
+            self.space.set()
         if not self.finished:
             self.stream.cancel_token.cancel()
 
@@ -321,7 +372,7 @@ class AsyncStream:
             # The usual case in a burst: a token is waiting, no await needed.
             item = buffer.popleft()
             if self._channel.full and len(buffer) < _MAX_BUFFER // 2:
-                self._channel.space.set()
+                self._channel.space.set()  # type: ignore[union-attr]
             return item  # type: ignore[no-any-return]
         return await self._next(True)  # type: ignore[no-any-return]
 
@@ -365,7 +416,7 @@ class AsyncStream:
             raise StopAsyncIteration
         buffer.popleft()
         if channel.full and len(buffer) < _MAX_BUFFER // 2:
-            channel.space.set()
+            channel.space.set()  # type: ignore[union-attr]
         return item
 
     async def aclose(self) -> None:

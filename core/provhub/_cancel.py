@@ -31,22 +31,38 @@ class CancelToken:
     ``event``.
     """
 
-    __slots__ = ("_attached", "_lock", "event")
+    __slots__ = ("_attached", "_cancelled", "_event", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._attached: set[_Abortable] = set()
-        self.event = threading.Event()
+        self._cancelled = False
+        # Created on first use: a threading.Event is a Condition and two locks,
+        # and nearly every request ends without anyone waiting on it.
+        self._event: threading.Event | None = None
 
     @property
     def cancelled(self) -> bool:
         """Whether ``cancel`` was called."""
-        return self.event.is_set()
+        return self._cancelled
+
+    @property
+    def event(self) -> threading.Event:
+        """Set when ``cancel`` is called (for waiting on it, e.g. ``event.wait(delay)``)."""
+        event = self._event
+        if event is None:
+            with self._lock:
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+                    if self._cancelled:
+                        event.set()
+        return event
 
     def attach(self, exchange: _Abortable) -> None:
         """Track an exchange in progress (aborted at once if already cancelled)."""
         with self._lock:
-            if not self.event.is_set():
+            if not self._cancelled:
                 self._attached.add(exchange)
                 return
         exchange.abort()
@@ -59,8 +75,11 @@ class CancelToken:
     def cancel(self) -> None:
         """Abort every attached exchange and refuse new ones (idempotent)."""
         with self._lock:
-            self.event.set()
+            self._cancelled = True
+            event = self._event
             attached, self._attached = list(self._attached), set()
+        if event is not None:
+            event.set()
         for exchange in attached:
             # Each exchange checks under its own lock that it still owns its
             # socket: one released meanwhile is left alone.

@@ -87,6 +87,7 @@ class Hub:
         # Worker threads of async streams, created on the first astream.
         self._workers: Workers | None = None
         self._rng = random.Random()
+        self._ids = random.Random()  # seeded from os.urandom; see _start
         self._router = Router(
             self._registry, self._health, self.config.router, self.config.providers, rng=self._rng
         )
@@ -384,7 +385,11 @@ class Hub:
         if not plan.candidates:
             raise NoProviderError(request.model, dict(plan.excluded))
         # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
-        return Stream(Run(self._run_deps, plan, request, request_id=os.urandom(8).hex()))
+        # From a Random seeded by the OS, not os.urandom: that is a syscall which
+        # releases the GIL, and an event loop starting hundreds of astreams while
+        # their workers run waits milliseconds to get the GIL back each time.
+        request_id = f"{self._ids.getrandbits(64):016x}"
+        return Stream(Run(self._run_deps, plan, request, request_id=request_id))
 
     def _provider_name(self, provider: Any) -> str | None:
         if provider is None or isinstance(provider, str):

@@ -62,6 +62,108 @@ _MAX_CHUNK_LINE = 4096
 _MAX_TRAILER_BYTES = 16384
 
 
+class Gate:
+    """Admission control for the Python work of async-stream workers.
+
+    Hundreds of worker threads that all want the GIL starve the event loop: the
+    GIL goes round its waiters, and the loop waits behind all of them (500
+    astreams started at once stalled it for seconds). A worker holds one of
+    ``slots`` while it runs Python and gives it back while it blocks on the
+    network or waits for its consumer, so only a few workers compete with the
+    loop at any moment; the others wait their turn in order, and new streams
+    are admitted (their thread woken at all) only when a slot is free.
+
+    A slot held for longer than ``patience`` without being given back (its
+    worker blocks somewhere the gate cannot see, such as a provider's own
+    sleep, or computes for long) is revoked and handed on: the gate can slow a
+    worker down, never stop one. ``on_release`` is called when a slot frees up
+    with no worker waiting for it (the pool admits a new stream then).
+    """
+
+    __slots__ = ("_held", "_lock", "_ready", "_waiting", "on_release", "patience", "slots")
+
+    def __init__(self, slots: int = 3, patience: float = 0.05) -> None:
+        self._lock = threading.Lock()
+        self._ready = threading.Condition(self._lock)
+        self.slots = slots
+        self.patience = patience
+        self._held: dict[object, float] = {}  # slot -> since when
+        self._waiting = 0
+        self.on_release: Any = None
+
+    def _revoke(self, now: float) -> float:
+        """Revoke the oldest slot if it is stale; else the seconds until it will be."""
+        held = self._held
+        oldest = min(held, key=held.__getitem__)
+        age = now - held[oldest]
+        if age >= self.patience:
+            del held[oldest]  # its holder goes on without it
+            return 0.0
+        return self.patience - age
+
+    def try_acquire(self) -> object | None:
+        """A slot if one is free now (workers waiting for one go first), else None."""
+        with self._lock:
+            now = time.monotonic()
+            if self._waiting or (len(self._held) >= self.slots and self._revoke(now)):
+                return None
+            slot = object()
+            self._held[slot] = now
+            return slot
+
+    def acquire(self) -> object:
+        """Wait for a slot, in order; returns it, for :meth:`release`."""
+        with self._lock:
+            self._waiting += 1
+            try:
+                while len(self._held) >= self.slots:
+                    wait = self._revoke(time.monotonic())
+                    if wait:
+                        self._ready.wait(wait)
+            finally:
+                self._waiting -= 1
+            slot = object()
+            self._held[slot] = time.monotonic()
+            return slot
+
+    def release(self, slot: object) -> None:
+        """Give ``slot`` back (nothing happens if it was revoked)."""
+        with self._lock:
+            if self._held.pop(slot, None) is None:
+                return
+            if self._waiting:
+                self._ready.notify()
+                return
+        hook = self.on_release
+        if hook is not None:
+            hook()
+
+
+class _Worker(threading.local):
+    """The gate of the async-stream worker running on this thread, and its slot."""
+
+    gate: Gate | None = None
+    slot: Any = None
+
+
+worker = _Worker()
+
+
+def pause() -> Gate | None:
+    """Give this thread's slot back before blocking; returns the gate for :func:`resume`."""
+    gate = worker.gate
+    if gate is not None and worker.slot is not None:
+        gate.release(worker.slot)
+        worker.slot = None
+    return gate
+
+
+def resume(gate: Gate | None) -> None:
+    """Take a slot again after blocking (``gate`` from :func:`pause`)."""
+    if gate is not None:
+        worker.slot = gate.acquire()
+
+
 class Expired(Exception):
     """A time budget of the exchange ran out (``budget``: first-token, idle or total).
 
@@ -241,6 +343,7 @@ class _Wire(io.RawIOBase):
                 )
             if room < len(buffer):
                 buffer = memoryview(buffer)[:room]
+        gate = pause()
         try:
             count = self._raw.readinto(buffer)
         except TimeoutError as exc:
@@ -249,6 +352,9 @@ class _Wire(io.RawIOBase):
             if exchange.cancelled:
                 raise Cancelled() from exc
             raise
+        finally:
+            if gate is not None:
+                resume(gate)
         if count is None:  # non-blocking socket with nothing to read: never here
             return 0
         if not count:
@@ -397,7 +503,11 @@ def _connection_class(base: type[Any]) -> type[Any]:
             super().request(*args, **kwargs)
 
         def connect(self) -> None:
-            super().connect()
+            gate = pause()
+            try:
+                super().connect()
+            finally:
+                resume(gate)
             if self._exchange is not None:
                 self._exchange.bind(self.sock)
 
@@ -411,6 +521,7 @@ def _connection_class(base: type[Any]) -> type[Any]:
             # sendall's timeout covers the whole call: an upstream that accepts
             # but never reads the body cannot hold the send past the deadline.
             budget = exchange.settimeout(self.sock)
+            gate = pause()
             try:
                 super().send(data)
             except TimeoutError as exc:
@@ -419,6 +530,8 @@ def _connection_class(base: type[Any]) -> type[Any]:
                 if exchange.cancelled:
                     raise Cancelled() from exc
                 raise
+            finally:
+                resume(gate)
 
     return Connection
 
