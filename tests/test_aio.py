@@ -594,3 +594,58 @@ def test_cancelling_an_astream_returns_within_100ms_and_tells_the_worker_to_stop
     assert provider.finished.wait(3)
     assert provider.told_to_stop_at is not None
     assert astream_threads() == []
+
+
+def test_a_burst_followed_by_a_pause_is_delivered_before_the_pause_ends(
+    make_hub: MakeHub,
+) -> None:
+    # The worker holds back the consumer's wake-up while tokens of one network read
+    # follow each other; it must deliver them when it blocks for the next read, not
+    # when the next bytes arrive (here 1 s later).
+    from tests.hostile import HostileServer, Pause, Read, Send, chunk, event, head, sse
+    from tests.hostile import delta as delta_event
+
+    burst = b"".join(event(delta_event(f"b{i} ")) for i in range(300))
+    tail = b"".join(sse(["end"]))
+    script = [Read(), Send(head() + chunk(burst)), Pause(1.0), Send(chunk(tail) + b"0\r\n\r\n")]
+    with HostileServer([script]) as server:
+        hub = make_hub(timeouts={"connect": 5, "first_token": 5, "idle": 5, "total": 10})
+        hub.register(OpenAICompatible("a", server.base_url, ["gpt-4"]))
+
+        async def main() -> tuple[float, float, list[str]]:
+            started = time.monotonic()
+            tokens: list[str] = []
+            burst_done = 0.0
+            async for token in hub.astream("gpt-4", MESSAGES):
+                tokens.append(token)
+                if token == "b299 ":
+                    burst_done = time.monotonic() - started
+            return burst_done, time.monotonic() - started, tokens
+
+        burst_done, total, tokens = run(main())
+    assert tokens == [f"b{i} " for i in range(300)] + ["end"]
+    assert burst_done < 0.5, burst_done  # not held until the tail came
+    assert total >= 1.0
+
+
+def test_tokens_at_a_model_pace_each_reach_the_consumer_promptly(make_hub: MakeHub) -> None:
+    from tests.hostile import HostileServer, Pause, Read, Send, chunk, event, head
+    from tests.hostile import delta as delta_event
+
+    steps: list[Any] = [Read(), Send(head())]
+    for i in range(8):
+        steps += [Send(chunk(event(delta_event(f"p{i} ")))), Pause(0.1)]
+    steps.append(Send(chunk(event(b"[DONE]")) + b"0\r\n\r\n"))
+    with HostileServer([steps]) as server:
+        hub = make_hub(timeouts={"connect": 5, "first_token": 5, "idle": 5, "total": 10})
+        hub.register(OpenAICompatible("a", server.base_url, ["gpt-4"]))
+
+        async def main() -> list[float]:
+            started = time.monotonic()
+            return [time.monotonic() - started async for _ in hub.astream("gpt-4", MESSAGES)]
+
+        arrivals = run(main())
+    assert len(arrivals) == 8
+    # Token i is sent at about i * 0.1 s; each arrives well before the next is sent.
+    for index, arrived in enumerate(arrivals):
+        assert arrived < index * 0.1 + 0.08, (index, arrived)

@@ -48,6 +48,8 @@ _DONE = object()
 _MAX_BUFFER = 4096
 # Longest stretch the worker holds the GIL during a burst before yielding it.
 _GIL_SLICE = 0.002
+# Most tokens held back from a waiting consumer during a burst (see _Channel.work).
+_BATCH = 256
 # How long aclose() waits for the worker to finish its cleanup.
 _CLOSE_WAIT = 0.1
 # An idle worker (and the spawner) exits after this long without work.
@@ -193,15 +195,18 @@ class _Channel:
     __slots__ = (
         "buffer",
         "closed",
+        "deferred",
         "error",
         "finished",
         "full",
         "gen",
         "loop",
+        "read",
         "space",
         "stream",
         "waiter",
         "wake_sent",
+        "wired",
     )
 
     def __init__(self, stream: Stream) -> None:
@@ -211,6 +216,11 @@ class _Channel:
         self.waiter: asyncio.Future[None] | None = None
         # A resolve() is scheduled on the loop and has not run yet.
         self.wake_sent = False
+        self.deferred = False  # a wake-up held back during a burst (see flush)
+        # The worker goes through provhub's wire (so flush runs before it blocks),
+        # and has read from the network since the last token.
+        self.wired = False
+        self.read = True
         self.loop: asyncio.AbstractEventLoop | None = None
         self.error: BaseException | None = None
         self.closed = False
@@ -223,29 +233,39 @@ class _Channel:
         assert gen is not None
         buffer = self.buffer
         append = buffer.append
-        monotonic = time.monotonic
+        local = worker
+        local.flush = self.flush
         count = 0
-        last_yield = monotonic()
+        last_yield = time.monotonic()
         try:
             for token in gen:
                 if self.closed:
                     break
                 append(token)
                 if self.waiter is not None and not self.wake_sent:
-                    self.wake()
+                    if self.wired and not self.read and len(buffer) < _BATCH:
+                        # This token came out of the same network read as the one
+                        # before: more follow at once. Wake the consumer when the
+                        # worker is about to block instead (pause() calls flush).
+                        self.deferred = True
+                    else:
+                        self.wake()
+                self.read = False
                 count += 1
                 if not count & 63:
-                    if monotonic() - last_yield > _GIL_SLICE:
+                    if time.monotonic() - last_yield > _GIL_SLICE:
                         # A burst keeps this thread busy; handing the GIL over now
                         # and then keeps the loop's lag near one slice instead of
                         # several of the interpreter's 5 ms switch intervals.
+                        self.flush()
                         time.sleep(0)
-                        last_yield = monotonic()
+                        last_yield = time.monotonic()
                     if len(buffer) >= _MAX_BUFFER:
                         self._wait_for_space()
         except BaseException as exc:  # delivered to the consumer, not lost
             self.error = exc
         finally:
+            local.flush = None
             try:
                 gen.close()  # closes the upstream connection
             except BaseException as exc:  # pragma: no cover - a provider's own cleanup
@@ -256,7 +276,17 @@ class _Channel:
             if self.waiter is not None:
                 self.wake()
 
+    def flush(self) -> None:
+        """The worker is about to block: deliver a deferred wake-up of the consumer."""
+        self.wired = True
+        self.read = True
+        if self.deferred:
+            self.deferred = False
+            if self.waiter is not None and not self.wake_sent:
+                self.wake()
+
     def _wait_for_space(self) -> None:
+        self.flush()
         space = self.space
         if space is None:
             space = self.space = threading.Event()

@@ -140,21 +140,34 @@ class Gate:
 
 
 class _Worker(threading.local):
-    """The gate of the async-stream worker running on this thread, and its slot."""
+    """The async-stream worker running on this thread: its gate, slot and stream.
+
+    ``flush`` (the stream's pending wake-up of its consumer) runs whenever the
+    worker is about to block on the network.
+    """
 
     gate: Gate | None = None
     slot: Any = None
+    flush: Any = None
 
 
 worker = _Worker()
 
 
 def pause() -> Gate | None:
-    """Give this thread's slot back before blocking; returns the gate for :func:`resume`."""
-    gate = worker.gate
-    if gate is not None and worker.slot is not None:
-        gate.release(worker.slot)
-        worker.slot = None
+    """Before blocking: flush the consumer's wake-up, give the slot back.
+
+    Returns the gate, for :func:`resume`.
+    """
+    local = worker
+    gate = local.gate
+    if gate is not None:
+        flush = local.flush
+        if flush is not None:
+            flush()
+        if local.slot is not None:
+            gate.release(local.slot)
+            local.slot = None
     return gate
 
 

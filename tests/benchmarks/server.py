@@ -15,12 +15,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PACED_CHUNKS", "PACED_DELAY", "STREAM_CHUNKS", "Upstreams"]
+__all__ = ["BURST_CHUNKS", "PACED_CHUNKS", "PACED_DELAY", "STREAM_CHUNKS", "Upstreams"]
 
 STREAM_CHUNKS = 20_000
 # A stream at a model's pace (500 tokens/s) for the event-loop lag of a realistic answer.
 PACED_CHUNKS = 250
 PACED_DELAY = 0.002
+# Short streams at a model's pace, for hundreds of astreams started at once.
+BURST_CHUNKS = 20
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -31,12 +33,14 @@ class Upstreams:
     ``short_url`` answers with the default three-token answer (sequential and threaded
     requests); ``stream_url`` answers with ``STREAM_CHUNKS`` distinct tokens, one SSE
     event per HTTP chunk, as real servers flush them, all at once; ``paced_url`` sends
-    ``PACED_CHUNKS`` tokens ``PACED_DELAY`` seconds apart.
+    ``PACED_CHUNKS`` tokens ``PACED_DELAY`` seconds apart; ``burst_url`` sends
+    ``BURST_CHUNKS`` tokens ``PACED_DELAY`` seconds apart (keep-alive).
     """
 
     short_url: str = ""
     stream_url: str = ""
     paced_url: str = ""
+    burst_url: str = ""
     stream_chunks: int = STREAM_CHUNKS
     _process: subprocess.Popen[str] | None = None
 
@@ -56,6 +60,7 @@ class Upstreams:
         self.short_url = urls["short"]
         self.stream_url = urls["stream"]
         self.paced_url = urls["paced"]
+        self.burst_url = urls["burst"]
         return self
 
     def __exit__(
@@ -86,8 +91,16 @@ def _serve(chunks: int) -> None:
         FakeUpstream(
             record=False, default=Behaviour(chunks=PACED_CHUNKS, chunk_delay=PACED_DELAY)
         ) as paced,
+        FakeUpstream(
+            record=False, default=Behaviour(chunks=BURST_CHUNKS, chunk_delay=PACED_DELAY)
+        ) as burst,
     ):
-        urls = {"short": short.base_url, "stream": stream.base_url, "paced": paced.base_url}
+        urls = {
+            "short": short.base_url,
+            "stream": stream.base_url,
+            "paced": paced.base_url,
+            "burst": burst.base_url,
+        }
         print(json.dumps(urls), flush=True)
         sys.stdin.read()
 
