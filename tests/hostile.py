@@ -10,7 +10,8 @@ the ``default`` one)::
         ...  # server.base_url, server.requests, server.connections
 
 Steps: :class:`Read` (one request: headers and Content-Length body), :class:`Send`,
-:class:`Trickle` (a few bytes at a time, with a pause between), :class:`Pause`,
+:class:`Trickle` (a few bytes at a time, with a pause between), :class:`Pause`, :class:`ByMode`
+(different steps for a stream request and a plain one),
 :class:`Close` (FIN), :class:`Reset` (RST), :class:`HalfClose` (FIN, then keep
 reading), :class:`Hold` (until the client goes away), :class:`Repeat` (steps, a
 number of times or forever), :class:`Flood` (a block sent over and over until the
@@ -33,11 +34,12 @@ import sys
 import threading
 import time
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from types import TracebackType
 from typing import Any
 
 __all__ = [
+    "ByMode",
     "Close",
     "Flood",
     "HalfClose",
@@ -118,6 +120,14 @@ class Flood:
 
 
 @dataclass(frozen=True)
+class ByMode:
+    """Run ``stream`` if the last request asked for a stream, else ``plain``."""
+
+    stream: tuple[Any, ...]
+    plain: tuple[Any, ...]
+
+
+@dataclass(frozen=True)
 class Repeat:
     """Run ``steps`` ``times`` times (None: until the client goes away)."""
 
@@ -125,7 +135,7 @@ class Repeat:
     times: int | None = None
 
 
-Step = Read | Send | Trickle | Pause | Close | Reset | HalfClose | Hold | Flood | Repeat
+Step = Read | Send | Trickle | Pause | Close | Reset | HalfClose | Hold | Flood | ByMode | Repeat
 
 
 class _Gone(Exception):
@@ -136,7 +146,7 @@ class _Gone(Exception):
 class _Peer:
     sock: socket.socket
     pending: bytes = b""
-    requests: list[bytes] = field(default_factory=list)
+    last: bytes = b""  # the last request read
 
 
 class HostileServer:
@@ -244,7 +254,7 @@ class HostileServer:
             if self._stopping.is_set():
                 raise _Gone()
             if isinstance(step, Read):
-                request = self._read_request(peer)
+                request = peer.last = self._read_request(peer)
                 with self._lock:
                     self.requests.append(request)
             elif isinstance(step, Send):
@@ -272,6 +282,10 @@ class HostileServer:
                 while sent < step.limit:
                     peer.sock.sendall(step.block)
                     sent += len(step.block)
+            elif isinstance(step, ByMode):
+                body = peer.last.partition(b"\r\n\r\n")[2]
+                streaming = b'"stream":true' in body.replace(b" ", b"")
+                self._run(peer, step.stream if streaming else step.plain)
             elif isinstance(step, Repeat):
                 count = 0
                 while step.times is None or count < step.times:
