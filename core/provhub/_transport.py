@@ -55,12 +55,12 @@ from provhub._sse import SSEDecodeError, SSEDecoder
 from provhub._wire import (
     Body,
     Cancelled,
+    Ended,
     Exchange,
     Expired,
     HTTPPool,
     HTTPSPool,
     Response,
-    _Ended,
     exchanging,
 )
 
@@ -174,7 +174,7 @@ def _read_error(exc: BaseException, provider: str, host: str | None) -> Provider
         exc.provider = provider
         exc.host = exc.host or host
         return exc
-    if isinstance(exc, _Ended):
+    if isinstance(exc, Ended):
         return UpstreamConnectionError(
             "connection closed before the end of the response body",
             provider=provider,
@@ -198,7 +198,7 @@ def _original(exc: BaseException) -> BaseException:
 
 # What a body read may raise besides ProviderError; MemoryError is deliberately
 # absent (it is not a connection failure, and must not be retried as one).
-_READ_ERRORS = (Expired, Cancelled, _Ended, OSError, http.client.HTTPException)
+_READ_ERRORS = (Expired, Cancelled, Ended, OSError, http.client.HTTPException)
 
 
 def _whole_json(data: bytes | bytearray) -> Any:

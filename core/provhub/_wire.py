@@ -24,6 +24,11 @@ The socket belongs to the exchange from the moment the request is sent until
 the response is finished: :meth:`Exchange.release` runs before urllib3 may hand
 the connection to another request, so cancelling a finished call can never shut
 down a socket another call now owns (SPEC §10).
+
+Every blocking socket operation also calls :func:`pause` and :func:`resume`: on
+an async-stream worker they give back and retake its :class:`Gate` slot and
+deliver the consumer's pending wake-up (:mod:`provhub._aio`); elsewhere they do
+nothing.
 """
 
 from __future__ import annotations
@@ -48,7 +53,22 @@ if TYPE_CHECKING:
     from provhub._cancel import CancelToken
     from provhub._config import Timeouts
 
-__all__ = ["Body", "Cancelled", "Exchange", "Expired", "HTTPPool", "HTTPSPool", "exchanging"]
+__all__ = [
+    "BLOCK",
+    "Body",
+    "Cancelled",
+    "Ended",
+    "Exchange",
+    "Expired",
+    "Gate",
+    "HTTPPool",
+    "HTTPSPool",
+    "Response",
+    "exchanging",
+    "pause",
+    "resume",
+    "worker",
+]
 
 # Bytes per network read (and the most one read of the body hands on).
 BLOCK = 65536
@@ -592,8 +612,8 @@ class HTTPSPool(_PoolMixin, urllib3.connectionpool.HTTPSConnectionPool):
 # -- the body -----------------------------------------------------------------------
 
 
-class _Ended(Exception):
-    """The connection closed before the body was complete (``received`` bytes in)."""
+class Ended(Exception):
+    """The connection closed before the body was complete."""
 
 
 def _decoder(coding: str) -> Any:
@@ -643,7 +663,7 @@ class Body:
     :meth:`read` returns the next decoded block, ``b""`` at the end; ``complete``
     says the framing reached its end (so the connection can be reused).
     Raises :class:`UpstreamProtocolError` (framing, encoding, size limit),
-    :class:`Expired`, :class:`Cancelled`, ``_Ended`` (connection closed early) or
+    :class:`Expired`, :class:`Cancelled`, ``Ended`` (connection closed early) or
     ``OSError`` (connection broke).
     """
 
@@ -759,11 +779,11 @@ class Body:
                 return data  # type: ignore[no-any-return]
 
     def _fill(self) -> bytes:
-        """One network read (after what is buffered); ``_Ended`` at end of stream."""
+        """One network read (after what is buffered); ``Ended`` at end of stream."""
         self._exchange.body_started = True
         data = self._fp.read1(BLOCK)
         if not data:
-            raise _Ended()
+            raise Ended()
         self.received += len(data)
         return data  # type: ignore[no-any-return]
 
@@ -792,7 +812,7 @@ class Body:
             return data
         try:
             return self._fill()
-        except _Ended:
+        except Ended:
             self.complete = True  # read to the close: the end of the connection ends it
             return b""
 
@@ -805,7 +825,7 @@ class Body:
         pieces: list[bytes] = []
         try:
             return self._chunks(pieces)
-        except (UpstreamProtocolError, _Ended, OSError, Expired, Cancelled) as exc:
+        except (UpstreamProtocolError, Ended, OSError, Expired, Cancelled) as exc:
             if not pieces:
                 raise
             self._error = exc
@@ -929,6 +949,6 @@ class Body:
                     return False
                 if self.received - start > max_bytes:
                     return False
-        except (Expired, Cancelled, _Ended, UpstreamProtocolError, OSError):
+        except (Expired, Cancelled, Ended, UpstreamProtocolError, OSError):
             return False
         return self.clean
