@@ -28,7 +28,6 @@ import contextvars
 import functools
 import threading
 import time
-import weakref
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
@@ -341,7 +340,14 @@ class AsyncStream:
         self._workers = workers
         self._channel = _Channel(stream)
         self._started = False
-        self._finalizer = weakref.finalize(self, self._channel.stop)
+
+    def __del__(self) -> None:
+        # Dropped unfinished: stop the worker. No cycle holds an AsyncStream (the
+        # worker refers to the channel only), so this runs as soon as the caller
+        # lets go; cheaper per stream than weakref.finalize.
+        channel = getattr(self, "_channel", None)
+        if channel is not None and not channel.finished:
+            channel.stop()
 
     # metadata ------------------------------------------------------------
     @property
