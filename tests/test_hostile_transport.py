@@ -769,7 +769,7 @@ def test_connect_is_capped_by_what_is_left_of_total() -> None:
         transport = Transport()
         timeouts = Timeouts(connect=30.0, first_token=30.0, idle=30.0, total=0.8)
         started = time.monotonic()
-        with pytest.raises((UpstreamTimeoutError, UpstreamConnectionError)):
+        with pytest.raises(UpstreamTimeoutError, match="connect timed out after 0.8 s"):
             transport.post_json(
                 f"http://{host}:{port}/v1/chat/completions",
                 PAYLOAD,
@@ -777,7 +777,7 @@ def test_connect_is_capped_by_what_is_left_of_total() -> None:
                 timeouts=timeouts,
                 provider="hostile",
             )
-        assert time.monotonic() - started < 0.8 + MARGIN
+        assert 0.7 <= time.monotonic() - started < 0.8 + MARGIN
         transport.close()
     finally:
         for filler in fillers:
