@@ -343,10 +343,10 @@ CASES: dict[str, Case] = {
         match="malformed response header block",
     ),
     "closed_without_a_reply": Case(
-        (*SENT, Close()), error=UpstreamConnectionError, match="connection failed"
+        (*SENT, Close()), error=UpstreamConnectionError, match="closed the connection"
     ),
     "reset_without_a_reply": Case(
-        (*SENT, Reset()), error=UpstreamConnectionError, match="connection failed"
+        (*SENT, Reset()), error=UpstreamConnectionError, match="reset the connection"
     ),
     "reset_mid_stream": Case(
         (*SENT, Send(head() + chunk(EVENTS[0])), Pause(0.05), Reset()),
@@ -358,7 +358,7 @@ CASES: dict[str, Case] = {
         (*SENT, Send(head() + chunk(EVENTS[0]) + b"100\r\ndata: partial"), HalfClose(), Hold()),
         error=UpstreamConnectionError,
         after="Hel",
-        match="closed before the end of the response body",
+        match="before the end of the response body",
     ),
     "http_1_0_close_delimited_answer": Case(
         (*SENT, Send(head(version="HTTP/1.0", framing="none") + SSE_BODY), Close()),
@@ -769,7 +769,7 @@ def test_connect_is_capped_by_what_is_left_of_total() -> None:
         transport = Transport()
         timeouts = Timeouts(connect=30.0, first_token=30.0, idle=30.0, total=0.8)
         started = time.monotonic()
-        with pytest.raises(UpstreamTimeoutError, match="connect timed out after 0.8 s"):
+        with pytest.raises(UpstreamTimeoutError, match=r"no answer within 0\.8 s"):
             transport.post_json(
                 f"http://{host}:{port}/v1/chat/completions",
                 PAYLOAD,

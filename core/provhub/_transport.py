@@ -36,6 +36,7 @@ from urllib.parse import urljoin, urlsplit
 import requests
 from requests.adapters import HTTPAdapter
 
+from provhub import _explain as explain
 from provhub._cancel import CancelToken
 from provhub._config import Limits, Timeouts
 from provhub._errors import (
@@ -154,17 +155,30 @@ def _host(url: str) -> str | None:
         return None
 
 
+def _shown(url: str) -> str:
+    """``url`` as messages may show it: without ``user:password@``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
+
+
 def _timeout_error(exc: Expired, provider: str, host: str | None) -> UpstreamTimeoutError:
     if exc.budget == "idle":
-        message = f"upstream went silent for {exc.seconds:g} s (idle timeout)"
+        message = explain.silent("idle", exc.seconds)
     elif exc.budget == "total":
-        message = f"total timeout of {exc.seconds:g} s exceeded"
+        message = f"total timeout of {explain.seconds(exc.seconds)} exceeded"
     else:
-        message = f"first-token timeout of {exc.seconds:g} s exceeded"
+        message = explain.timeout_words("first-token", exc.seconds, host)
     return UpstreamTimeoutError(message, provider=provider, retryable=True, host=host)
 
 
-def _read_error(exc: BaseException, provider: str, host: str | None) -> ProviderError:
+def _read_error(
+    exc: BaseException, provider: str, host: str | None, url: str | None = None
+) -> ProviderError:
     """Map a failure while reading a body (the answer had started or not)."""
     if isinstance(exc, Expired):
         return _timeout_error(exc, provider, host)
@@ -176,13 +190,14 @@ def _read_error(exc: BaseException, provider: str, host: str | None) -> Provider
         return exc
     if isinstance(exc, Ended):
         return UpstreamConnectionError(
-            "connection closed before the end of the response body",
+            f"the connection to {host or 'the upstream'} broke while reading the answer: "
+            "it closed the connection before the end of the response body",
             provider=provider,
             retryable=True,
             host=host,
         )
     return UpstreamConnectionError(
-        f"connection broke while reading: {type(exc).__name__}",
+        explain.broken_read(exc, _shown(url) if url else None),
         provider=provider,
         retryable=True,
         host=host,
@@ -365,21 +380,21 @@ class Transport:
             return exc
         if isinstance(exc, requests.ConnectTimeout):
             return UpstreamTimeoutError(
-                f"connect timed out after {connect:g} s",
+                explain.connect_failure(exc, _shown(url), connect_timeout=connect),
                 provider=provider,
                 retryable=True,
                 host=host,
             )
         if isinstance(exc, requests.ReadTimeout):
             return UpstreamTimeoutError(
-                "no response in time (first-token timeout)",
+                explain.timeout_words("first-token", connect, host),
                 provider=provider,
                 retryable=True,
                 host=host,
             )
         if isinstance(exc, requests.ConnectionError):
             return UpstreamConnectionError(
-                f"connection failed: {type(exc).__name__}",
+                explain.connect_failure(exc, _shown(url)),
                 provider=provider,
                 retryable=True,
                 host=host,
@@ -418,14 +433,14 @@ class Transport:
                 host=host,
             )
         raw = self._error_body(exchange, reader)
-        reason = secrets.mask(response.reason or "")
+        excerpt = _excerpt(raw, secrets)
         raise UpstreamHTTPError(
-            f"HTTP {status} {reason}".strip(),
+            secrets.mask(explain.http_failure(status, response.reason, host, excerpt)),
             response=response,
             provider=provider,
             status=status,
             retryable=status_retryable(status),
-            body=_excerpt(raw, secrets),
+            body=excerpt,
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             kind=kind_of_status(status),
             host=host,
@@ -516,7 +531,8 @@ class Transport:
             # a whole JSON object is a complete answer.
             answer = _whole_json(data)
             if answer is None:
-                raise _read_error(exc, provider, host) from _original(exc)
+                url = f"http://{host}" if host else None
+                raise _read_error(exc, provider, host, url) from _original(exc)
             return answer
         try:
             return json.loads(data)
@@ -629,7 +645,7 @@ class Transport:
                     f"invalid event stream: {exc}", provider=provider, host=host
                 ) from exc
             except _READ_ERRORS as exc:
-                raise _read_error(exc, provider, host) from _original(exc)
+                raise _read_error(exc, provider, host, url) from _original(exc)
             except UpstreamProtocolError as exc:
                 raise _read_error(exc, provider, host) from None
         finally:

@@ -568,7 +568,7 @@ def astream_workload(
     }
 
 
-# -- (i) hundreds of astreams -----------------------------------------------------------------
+# -- (j) hundreds of astreams -----------------------------------------------------------------
 
 
 def astream_burst_workload(burst_url: str, settings: Settings) -> dict[str, Any]:
