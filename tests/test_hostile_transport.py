@@ -856,3 +856,15 @@ def test_cases_cover_every_item_of_the_issue() -> None:
     ):
         assert name in CASES
     assert json.loads(completion_json())["choices"]
+
+
+def test_cookies_an_upstream_sets_are_neither_kept_nor_sent_back(transport: Transport) -> None:
+    # One new cookie per answer: a shared jar would grow with every request, and send
+    # each provider's cookies back on every later call.
+    cookies = [("Set-Cookie", f"c{i}=v{i}; Path=/") for i in range(50)]
+    reply = head(headers=cookies) + chunked(EVENTS)
+    with HostileServer(default=[Repeat((Read(), Send(reply)))]) as server:
+        assert _stream_twice(transport, server) == [TEXT, TEXT]
+        second = server.requests[1].decode("latin-1").lower()
+    assert "cookie:" not in second
+    assert len(transport.session.cookies) == 0

@@ -25,6 +25,7 @@ What an upstream cannot do to a call, whatever it sends (docs/reliability.md):
 from __future__ import annotations
 
 import http.client
+import http.cookiejar
 import json
 import threading
 import time
@@ -255,6 +256,12 @@ class Transport:
                 if self._session is None:
                     session = _Session()
                     session.trust_env = False
+                    # No cookie an upstream sets is kept or sent back: LLM APIs use
+                    # keys (from the environment), and a jar shared by every
+                    # provider would grow with each Set-Cookie a hostile one sends.
+                    session.cookies.set_policy(
+                        http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+                    )
                     adapter = _Adapter(pool_connections=8, pool_maxsize=self._pool_maxsize)
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
