@@ -14,9 +14,10 @@ loop free:
   without a lock); the worker wakes the loop only when the consumer waits, at
   most once per wait, so a burst of tokens costs the loop one wake-up.
 - **Prompt control.** Cancelling the consumer (``task.cancel()``,
-  ``asyncio.wait_for``) returns at once: the worker is told to stop (its
-  stream's cancel token shuts the upstream socket down), and nobody waits for
-  it. ``aclose()`` waits for the worker at most ``_CLOSE_WAIT`` seconds.
+  ``asyncio.wait_for``) tells the worker to stop (its stream's cancel token shuts
+  the upstream socket down) and waits at most ``_CANCEL_WAIT`` (50 ms) for its
+  cleanup; ``aclose()`` waits at most ``_CLOSE_WAIT`` (0.1 s). A worker stuck in a
+  provider that ignores cancellation ends on its own later.
 """
 
 from __future__ import annotations
@@ -49,8 +50,9 @@ _MAX_BUFFER = 4096
 _GIL_SLICE = 0.002
 # Most tokens held back from a waiting consumer during a burst (see _Channel.work).
 _BATCH = 256
-# How long aclose() waits for the worker to finish its cleanup.
+# How long aclose() and a cancelled consumer wait for the worker's cleanup.
 _CLOSE_WAIT = 0.1
+_CANCEL_WAIT = 0.05
 # An idle worker (and the spawner) exits after this long without work.
 _IDLE_SECONDS = 2.0
 _BUSY_NAME = "provhub-astream"
@@ -441,8 +443,11 @@ class AsyncStream:
             try:
                 await waiter
             except asyncio.CancelledError:
-                # Return control now; the worker is told to stop and ends on its own.
+                # The worker is told to stop; give it a moment (not more) to finish
+                # its cleanup, so the usual case (a socket just shut down) ends
+                # with the stream's record complete. A stuck worker ends on its own.
                 channel.stop()
+                await self._settle(_CANCEL_WAIT)
                 raise
         item = buffer[0]
         if item is _DONE:  # stays in place: the stream stays exhausted
@@ -472,8 +477,13 @@ class AsyncStream:
         if channel.finished:
             return
         channel.stop()
+        await self._settle(_CLOSE_WAIT)
+
+    async def _settle(self, seconds: float) -> None:
+        """Wait at most ``seconds`` for the worker to finish."""
+        channel = self._channel
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + _CLOSE_WAIT
+        deadline = loop.time() + seconds
         while not channel.finished:
             remaining = deadline - loop.time()
             if remaining <= 0:
