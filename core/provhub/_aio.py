@@ -32,7 +32,7 @@ import time
 from collections.abc import AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
-from provhub._wire import Gate, pause, resume, worker
+from provhub._gate import Gate, pause, resume, worker
 
 if TYPE_CHECKING:
     from provhub._attempt import Attempt
@@ -63,7 +63,7 @@ class Workers:
     """The threads that run async streams: one per stream in progress, reused.
 
     ``submit`` never blocks: the stream waits in a queue until the pool's
-    :class:`~provhub._wire.Gate` admits it, then an idle worker is woken or the
+    :class:`~provhub._gate.Gate` admits it, then an idle worker is woken or the
     spawner thread starts a new one (``Thread.start()`` waits for the new
     thread to run, which under a busy GIL took milliseconds per stream on the
     loop). Concurrency is never capped: a stream blocked on the network holds

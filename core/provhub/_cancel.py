@@ -3,7 +3,7 @@
 A :class:`CancelToken` belongs to one request. Each HTTP exchange of the request
 registers with the token for as long as it owns its socket: from sending the
 request until the response is finished and the connection goes back to the pool
-(:mod:`provhub._wire`). ``cancel()`` shuts down the sockets of the exchanges in
+(:mod:`provhub._exchange`). ``cancel()`` shuts down the sockets of the exchanges in
 progress, which wakes a read blocked on headers or on the next chunk at once; the
 upstream sees the disconnect. A finished exchange is no longer registered, so a
 late ``cancel()`` (an ``aclose()`` after the end of a stream) cannot reach a

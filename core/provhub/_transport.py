@@ -4,7 +4,7 @@ One pooled ``requests.Session`` per transport (a hub owns one), explicit
 budgets for every phase, size limits, SSE framing, and mapping of HTTP statuses
 and transport failures to the typed errors of :mod:`provhub._errors`. What the
 bytes mean (the OpenAI chat format) is :mod:`provhub._openai`'s job; how every
-read and write is bounded is :mod:`provhub._wire`'s.
+read and write is bounded is :mod:`provhub._exchange`'s.
 
 What an upstream cannot do to a call, whatever it sends (docs/reliability.md):
 
@@ -38,6 +38,7 @@ import requests
 from requests.adapters import HTTPAdapter
 
 from provhub import _explain as explain
+from provhub._body import Body, Ended
 from provhub._cancel import CancelToken
 from provhub._config import Limits, Timeouts
 from provhub._errors import (
@@ -52,12 +53,8 @@ from provhub._errors import (
     parse_retry_after,
     status_retryable,
 )
-from provhub._redact import Secrets
-from provhub._sse import SSEDecodeError, SSEDecoder
-from provhub._wire import (
-    Body,
+from provhub._exchange import (
     Cancelled,
-    Ended,
     Exchange,
     Expired,
     HTTPPool,
@@ -65,6 +62,8 @@ from provhub._wire import (
     Response,
     exchanging,
 )
+from provhub._redact import Secrets
+from provhub._sse import SSEDecodeError, SSEDecoder
 
 __all__ = ["Transport", "parse_retry_after"]
 
@@ -92,7 +91,7 @@ class _Session(requests.Session):
 
 
 class _Adapter(HTTPAdapter):
-    """requests' adapter whose pools use the bounded connections of :mod:`provhub._wire`."""
+    """requests' adapter whose pools use the bounded connections of :mod:`provhub._exchange`."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
