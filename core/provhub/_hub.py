@@ -47,7 +47,7 @@ from provhub._stream import Completion, Stream
 from provhub._transport import Transport
 
 if TYPE_CHECKING:
-    from provhub._aio import AsyncStream
+    from provhub._aio import AsyncStream, Workers
 
 __all__ = ["Hub"]
 
@@ -111,7 +111,10 @@ class Hub:
         self._state = _state_store(self.config, self._emit)
         self._health = self._state.health
         self._transport = Transport(limits=self.config.limits)
+        # Worker threads of async streams, created on the first astream.
+        self._workers: Workers | None = None
         self._rng = random.Random()
+        self._ids = random.Random()  # seeded from os.urandom; see _start
         self._router = Router(
             self._registry,
             self._state,
@@ -428,7 +431,8 @@ class Hub:
         from provhub._aio import AsyncStream
 
         return AsyncStream(
-            self._start(model, messages, provider, require, timeouts, params, stream=True)
+            self._start(model, messages, provider, require, timeouts, params, stream=True),
+            self._async_workers(),
         )
 
     async def acomplete(
@@ -445,7 +449,18 @@ class Hub:
         from provhub._aio import acomplete
 
         stream = self._start(model, messages, provider, require, timeouts, params, stream=False)
-        return await acomplete(stream)
+        return await acomplete(stream, self._async_workers())
+
+    def _async_workers(self) -> Workers:
+        workers = self._workers
+        if workers is None:
+            from provhub._aio import Workers
+
+            with self._lock:
+                if self._workers is None:
+                    self._workers = Workers()
+                workers = self._workers
+        return workers
 
     def _start(
         self,
@@ -477,7 +492,10 @@ class Hub:
         if not static.candidates:
             raise NoProviderError(request.model, dict(static.excluded), hint=self._plugin_hint())
         # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
-        request_id = os.urandom(8).hex()
+        # From a Random seeded by the OS, not os.urandom: that is a syscall which
+        # releases the GIL, and an event loop starting hundreds of astreams while
+        # their workers run waits milliseconds to get the GIL back each time.
+        request_id = f"{self._ids.getrandbits(64):016x}"
         # The plan/acquire phase: live state decides, and the first candidate is
         # taken atomically (one round trip to a shared store).
         timeouts = request.timeouts or self.config.router.timeouts
@@ -553,9 +571,11 @@ class Hub:
     # -- lifecycle --------------------------------------------------------
 
     def close(self) -> None:
-        """Close pooled connections. The hub stays usable (it reconnects)."""
+        """Close pooled connections and idle worker threads. The hub stays usable."""
         self._transport.close()
         self._state.close()
+        if self._workers is not None:
+            self._workers.close()
 
     def __enter__(self) -> Hub:
         return self

@@ -33,6 +33,8 @@ from provhub._errors import (
     ProviderSpecError,
     RequestTooLargeError,
     StreamInterruptedError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
     as_provider_error,
 )
 from provhub._events import DEBUG, ERROR, INFO, WARNING, EventEmitter
@@ -475,6 +477,7 @@ class Run:
         iterator: Iterator[Any] | None = None
         completed = False
         handed_back = False
+        finished = False  # the upstream said why it stopped (a finish reason)
         request = self.request
         try:
             token = bind_call(context)
@@ -501,6 +504,8 @@ class Run:
                 else:
                     taken = take(item, name)
                     others += 1
+                    if type(taken) is FinishReason:
+                        finished = True
                     if ttft is None and not isinstance(taken, FinishReason | Usage):
                         ttft = time.monotonic() - started
                         self._emit(DEBUG, "stream.first_token", ttft_ms=round(ttft * 1000, 3))
@@ -518,7 +523,19 @@ class Run:
             if self.cancel_token.cancelled:
                 self._emit(INFO, "stream.cancelled", chunks=delivered, chars=chars)
                 raise self._interrupted(name, error) from exc
-            if delivered or others:
+            if finished and isinstance(error, UpstreamTimeoutError | UpstreamConnectionError):
+                # The answer is whole once its finish reason arrived: a stall or a
+                # broken connection after it (an overstated Content-Length, no
+                # [DONE]) costs at most the usage chunk, never the answer.
+                self._emit(
+                    WARNING,
+                    "stream.tail_failed",
+                    error_type=_error_type(error),
+                    error=error.detail,
+                    chunks=delivered,
+                )
+                completed = True
+            elif delivered or others:
                 # SPEC §11: once any item reached the caller, no retry or fallback.
                 cost, estimated = self._cost(chars)
                 self._emit(
@@ -539,8 +556,9 @@ class Run:
                     )
                 )
                 raise self._interrupted(name, error) from exc
-            handed_back = True
-            return error
+            else:
+                handed_back = True
+                return error
         finally:
             if iterator is not None and hasattr(iterator, "close"):
                 iterator.close()  # closes the HTTP response if still open

@@ -15,6 +15,7 @@ from provhub import (
     Capability,
     CreateResult,
     FailureKind,
+    JSONAnswerError,
     Messages,
     ProviderError,
     kind_of_error_code,
@@ -144,6 +145,13 @@ class OpenAICompatible(AbstractProvider):
                     events = call.stream_sse(url, payload, headers=headers, provider=self.name)
                     try:
                         yield from parse_chat_stream(events, self.name, markers=call.markers)
+                    except JSONAnswerError as exc:
+                        # A server that ignored "stream": true sent the whole completion
+                        # (or a 200 {"error": ...}) as JSON: it is the answer, parsed as
+                        # such. Raised before any event, so nothing was yielded yet.
+                        yield from parse_chat_completion(
+                            exc.answer, self.name, markers=call.markers
+                        )
                     finally:
                         events.close()
                 else:
