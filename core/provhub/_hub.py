@@ -114,7 +114,6 @@ class Hub:
         # Worker threads of async streams, created on the first astream.
         self._workers: Workers | None = None
         self._rng = random.Random()
-        self._ids = random.Random()  # seeded from os.urandom; see _start
         self._router = Router(
             self._registry,
             self._state,
@@ -492,10 +491,12 @@ class Hub:
         if not static.candidates:
             raise NoProviderError(request.model, dict(static.excluded), hint=self._plugin_hint())
         # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
-        # From a Random seeded by the OS, not os.urandom: that is a syscall which
-        # releases the GIL, and an event loop starting hundreds of astreams while
-        # their workers run waits milliseconds to get the GIL back each time.
-        request_id = f"{self._ids.getrandbits(64):016x}"
+        # From the random module, not os.urandom: that is a syscall which releases
+        # the GIL, and an event loop starting hundreds of astreams while their
+        # workers run waits milliseconds to get the GIL back each time. The module's
+        # generator is seeded by the OS and reseeded in a forked child, so replicas
+        # forked from one parent never repeat each other's ids.
+        request_id = f"{random.getrandbits(64):016x}"
         # The plan/acquire phase: live state decides, and the first candidate is
         # taken atomically (one round trip to a shared store).
         timeouts = request.timeouts or self.config.router.timeouts

@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import enum
 import itertools
-import os
+import random
 import threading
 import time
 from collections import deque
@@ -185,8 +185,13 @@ class StateStore(Protocol):
 
 
 def lease_id() -> str:
-    """A random lease id, unique across processes."""
-    return os.urandom(8).hex()
+    """A random lease id, unique across processes.
+
+    From the random module (seeded by the OS, reseeded in a forked child, so
+    replicas forked from one parent never share ids), not ``os.urandom``: a
+    syscall that releases the GIL, on the event loop for ``astream``.
+    """
+    return f"{random.getrandbits(64):016x}"
 
 
 def limit_reason(
