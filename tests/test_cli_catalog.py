@@ -28,6 +28,7 @@ PROVIDER_KEYS = {
     "models",
     "aliases",
     "model_capabilities",
+    "context_windows",
     "default_model",
     "source",
     "url_env",

@@ -579,6 +579,7 @@ def test_chat_json_prints_one_object_with_the_whole_record(
         "tool_calls",
         "reasoning",
         "refusal",
+        "cost",
         "request_id",
     }
     assert (data["text"], data["provider"], data["model"]) == ("Hello there", "api", "gpt-4")

@@ -225,11 +225,16 @@ def _default(field: dataclasses.Field[Any]) -> str | None:
 @pytest.mark.parametrize(
     ("cls", "heading", "skip"),
     [
-        (provhub.Config, "## Top level", {"path", "providers", "source"}),
+        (provhub.Config, "## Top level", {"path", "providers", "groups", "prices", "source"}),
         (provhub.RouterConfig, "## `[router]`", set()),
         (provhub.Timeouts, "## `[router.timeouts]`", set()),
         (provhub.Limits, "## `[limits]`", set()),
         (provhub.ProviderConfig, "## `[providers.NAME]`", {"name", "extra"}),
+        # The group's default strategy is written "ordered" in the file (PRIORITY inside).
+        (provhub.GroupConfig, "## `[groups.NAME]`", {"name", "strategy"}),
+        (provhub.GroupMember, "### Members", {"provider"}),
+        (provhub.Price, "## `[prices.MODEL]`", set()),
+        (provhub.StateConfig, "## `[state]`", set()),
     ],
 )
 def test_configuration_reference_names_every_key_and_default(
@@ -289,8 +294,10 @@ def test_events_reference_names_every_event_in_the_code_and_the_spec() -> None:
         p.read_text(encoding="utf-8") for p in (ROOT / "core" / "provhub").glob("*.py")
     )
     in_code = set(
-        re.findall(r'"((?:plugin|provider|route|attempt|stream|circuit)\.[a-z_]+)"', source)
+        re.findall(r'"((?:plugin|provider|route|attempt|stream|circuit|state)\.[a-z_]+)"', source)
     )
+    # "state.backend" and alike are config keys (in ConfigError), not events.
+    in_code -= {f"state.{f.name}" for f in dataclasses.fields(provhub.StateConfig)}
     documented = set(_documented_events())
     assert in_code - documented == set(), "emitted but not documented"
     assert SPEC_EVENTS - documented == set(), "in SPEC §7 but not documented"
@@ -413,6 +420,9 @@ def test_events_reference_matches_the_events_really_emitted(tmp_path: Path) -> N
     assert done.returncode == 0, done.stderr
     emitted: dict[str, dict[str, list[str]]] = json.loads(done.stdout)
     documented = _documented_events()
+    # The state events need a Redis that goes away and comes back: test_state_redis.py
+    # provokes them and checks them against this reference the same way.
+    documented = {k: v for k, v in documented.items() if not k.startswith("state.")}
     assert set(emitted) == set(documented), "the scenario must provoke every documented event"
     for name, facts in emitted.items():
         level, part = documented[name]

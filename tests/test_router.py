@@ -25,10 +25,10 @@ from provhub import (
     RouterConfig,
     Strategy,
 )
-from provhub._health import Health
 from provhub._registry import Registry, describe
 from provhub._request import required_capabilities
 from provhub._router import RoutePlan, Router, backoff_delay
+from provhub._state import MemoryStateStore
 
 USER = {"role": "user", "content": "hi"}
 SYSTEM = {"role": "system", "content": "be brief"}
@@ -76,12 +76,12 @@ def make_router(
     registry = Registry()
     for cls in providers:
         registry.add(describe(cls))
-    health = Health(
+    state = MemoryStateStore(
         threshold=config.router.breaker_threshold,
         cooldown=config.router.breaker_cooldown,
         clock=clock or FakeClock(),
     )
-    return Router(registry, health, config.router, config.providers, rng=rng)
+    return Router(registry, state, config.router, config.providers, rng=rng)
 
 
 def names(plan: RoutePlan) -> list[str]:

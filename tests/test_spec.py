@@ -209,6 +209,7 @@ def test_provider_info_as_dict_is_a_json_ready_copy(info: ProviderInfo) -> None:
         "models": ["gpt-3.5-turbo", "gpt-4"],
         "aliases": {"smart": "gpt-4"},
         "model_capabilities": {},
+        "context_windows": {},
         "default_model": None,
         "source": "tests",
         "url_env": None,

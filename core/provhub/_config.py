@@ -21,10 +21,15 @@ __all__ = [
     "Config",
     "ConfigOrigin",
     "ConfigSource",
+    "GroupConfig",
+    "GroupMember",
     "Limits",
+    "Price",
     "ProviderConfig",
     "RouterConfig",
     "ServerConfig",
+    "StateBackend",
+    "StateConfig",
     "Strategy",
     "Timeouts",
     "find_config_file",
@@ -41,6 +46,7 @@ class Strategy(enum.StrEnum):
     RANDOM = "random"
     LATENCY = "latency"
     LEAST_BUSY = "least_busy"
+    WEIGHTED = "weighted"
 
 
 @dataclass(frozen=True, slots=True)
@@ -95,7 +101,9 @@ class ProviderConfig:
     are kept in ``extra``: for the provider type to interpret, or, in a table
     without ``type``, for the provider's declared ``config_keys`` (the hub checks
     them once the providers are registered: a key the provider does not declare is
-    a :class:`ConfigError`).
+    a :class:`ConfigError`). ``weight`` orders candidates under the ``weighted``
+    strategy; ``rpm``, ``tpm`` and ``max_in_flight`` limit the provider (SPEC §14),
+    shared by every hub on one ``[state]`` store.
     """
 
     name: str
@@ -108,6 +116,10 @@ class ProviderConfig:
     headers: Mapping[str, str] = field(default_factory=dict)
     timeouts: Mapping[str, float] = field(default_factory=dict)
     verify_tls: bool = True
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -155,6 +167,85 @@ class ConfigSource:
 
 
 @dataclass(frozen=True, slots=True)
+class GroupMember:
+    """One member of a ``[groups.NAME]`` model group: ``provider/model``.
+
+    ``weight`` orders members under the ``weighted`` strategy; ``rpm``, ``tpm``
+    and ``max_in_flight`` limit requests through this group to this member (on
+    top of the provider's own limits); ``context_window`` (tokens) overrides
+    what the provider declares for the model.
+    """
+
+    provider: str
+    model: str
+    weight: float = 1.0
+    rpm: int | None = None
+    tpm: int | None = None
+    max_in_flight: int | None = None
+    context_window: int | None = None
+
+    @property
+    def label(self) -> str:
+        """``provider/model``, as written in the config."""
+        return f"{self.provider}/{self.model}"
+
+
+@dataclass(frozen=True, slots=True)
+class GroupConfig:
+    """A ``[groups.NAME]`` table: a public model name served by several members.
+
+    A request for ``name`` tries the members in ``strategy`` order (``priority``,
+    spelt ``"ordered"`` in the file, keeps the listed order), falling back only
+    to members with the request's capabilities and a large enough context window.
+    """
+
+    name: str
+    members: tuple[GroupMember, ...]
+    strategy: Strategy = Strategy.PRIORITY
+
+
+@dataclass(frozen=True, slots=True)
+class Price:
+    """A ``[prices.MODEL]`` entry: US dollars (or any currency) per million tokens.
+
+    ``cached_input`` prices prompt tokens served from the upstream's cache;
+    None means they cost ``input``.
+    """
+
+    input: float
+    output: float
+    cached_input: float | None = None
+
+
+class StateBackend(enum.StrEnum):
+    """Where breakers, limit counters and statistics live (SPEC §15)."""
+
+    MEMORY = "memory"
+    REDIS = "redis"
+
+
+@dataclass(frozen=True, slots=True)
+class StateConfig:
+    """The ``[state]`` table: in-process state, or state shared through Redis.
+
+    ``url`` (``redis://``, ``rediss://`` or ``unix://``) never holds a password:
+    ``password_env`` names the environment variable that does. ``timeout`` and
+    ``connect_timeout`` bound every Redis call (seconds, kept tight: a slow Redis
+    degrades to local state instead of slowing requests); ``retry_interval`` is
+    how long a degraded hub waits before trying Redis again; ``prefix`` starts
+    every key, so deployments can share one Redis.
+    """
+
+    backend: StateBackend = StateBackend.MEMORY
+    url: str = "redis://127.0.0.1:6379/0"
+    password_env: str | None = None
+    timeout: float = 0.1
+    connect_timeout: float = 0.1
+    retry_interval: float = 1.0
+    prefix: str = "provhub"
+
+
+@dataclass(frozen=True, slots=True)
 class ServerConfig:
     """The ``[server]`` table: settings of ``provhub serve`` (SPEC §13).
 
@@ -188,6 +279,9 @@ class Config:
     router: RouterConfig = RouterConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     limits: Limits = Limits()
+    groups: Mapping[str, GroupConfig] = field(default_factory=dict)
+    prices: Mapping[str, Price] = field(default_factory=dict)
+    state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()
     log_content: bool = False
     path: str | None = None
@@ -327,9 +421,14 @@ COMMON_PROVIDER_KEYS = (
     "headers",
     "timeouts",
     "verify_tls",
+    "weight",
+    "rpm",
+    "tpm",
+    "max_in_flight",
 )
 """Keys every ``[providers.NAME]`` table may hold, whatever the provider."""
 
+_SCALE_OUT_TABLES = ("groups", "prices", "state")
 _SECRET_KEYS = frozenset({"api_key", "key", "token", "password", "secret", "authorization"})
 
 
@@ -386,7 +485,9 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         data = self.table(data, "<root>")
-        self.unknown(data, "", {"router", "providers", "limits", "log_content", "server"})
+        self.unknown(
+            data, "", {"router", "providers", "limits", "log_content", "server", *_SCALE_OUT_TABLES}
+        )
         router = self.router(data.get("router", {}))
         limits = self.limits(data.get("limits", {}))
         server = self.server(data.get("server", {}))
@@ -401,7 +502,128 @@ class _Parser:
             server=server,
             log_content=log_content,
             path=self.path,
+            **self.scale_out(data),
         )
+
+    # -- [groups], [prices], [state] (SPEC §14, §15) ---------------------------
+
+    def scale_out(self, data: Mapping[str, Any]) -> dict[str, Any]:
+        groups = {
+            name: self.group(name, table)
+            for name, table in self.table(data.get("groups", {}), "groups").items()
+        }
+        prices = {
+            model: self.price(model, table)
+            for model, table in self.table(data.get("prices", {}), "prices").items()
+        }
+        return {"groups": groups, "prices": prices, "state": self.state(data.get("state", {}))}
+
+    def limit(self, value: Any, key: str) -> int:
+        return self.integer(value, key, minimum=1)
+
+    def group(self, name: str, data: Any) -> GroupConfig:
+        key = f"groups.{name}"
+        table = self.table(data, key)
+        self.unknown(table, key, {"members", "strategy"})
+        strategy = Strategy.PRIORITY
+        if "strategy" in table:
+            value = table["strategy"]
+            try:
+                strategy = Strategy.PRIORITY if value == "ordered" else Strategy(value)
+            except ValueError:
+                options = ", ".join(["ordered", *(s.value for s in Strategy)])
+                raise self.fail(
+                    f"{key}.strategy", f"unknown strategy {value!r} (use {options})"
+                ) from None
+        members = table.get("members")
+        if not isinstance(members, list) or not members:
+            raise self.fail(
+                f"{key}.members",
+                'must be a non-empty list of "provider/model" strings or tables '
+                '({ model = "provider/model", weight = 2 })',
+            )
+        parsed: list[GroupMember] = []
+        seen: set[str] = set()
+        for index, member in enumerate(members):
+            where = f"{key}.members[{index}]"
+            result = self.member(member, where)
+            if result.label.lower() in seen:
+                raise self.fail(where, f"{result.label!r} is listed twice")
+            seen.add(result.label.lower())
+            parsed.append(result)
+        return GroupConfig(name=name, members=tuple(parsed), strategy=strategy)
+
+    def member(self, data: Any, key: str) -> GroupMember:
+        table = {"model": data} if isinstance(data, str) else self.table(data, key)
+        known = {f.name for f in fields(GroupMember)} - {"provider"}
+        self.unknown(table, key, known)
+        if "model" not in table:
+            raise self.fail(f"{key}.model", 'is required: "provider/model"')
+        target = table["model"]
+        provider, _, model = target.partition("/") if isinstance(target, str) else ("", "", "")
+        if not provider or not model:
+            raise self.fail(
+                f"{key}.model" if not isinstance(data, str) else key,
+                f'must be "provider/model" (a provider name, a slash, a model id), got {target!r}',
+            )
+        values: dict[str, Any] = {"provider": provider, "model": model}
+        for name, value in table.items():
+            if name == "weight":
+                values[name] = self.number(value, f"{key}.weight")
+            elif name != "model":
+                values[name] = self.limit(value, f"{key}.{name}")
+        return GroupMember(**values)
+
+    def price(self, model: str, data: Any) -> Price:
+        key = f"prices.{model}"
+        table = self.table(data, key)
+        self.unknown(table, key, {f.name for f in fields(Price)})
+        for required in ("input", "output"):
+            if required not in table:
+                raise self.fail(
+                    f"{key}.{required}", "is required (price per million tokens; 0 is free)"
+                )
+        return Price(**{k: self.number(v, f"{key}.{k}", positive=False) for k, v in table.items()})
+
+    def state(self, data: Any) -> StateConfig:
+        table = self.table(data, "state")
+        self.unknown(table, "state", {f.name for f in fields(StateConfig)})
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            dotted = f"state.{key}"
+            if key == "backend":
+                try:
+                    values[key] = StateBackend(value)
+                except ValueError:
+                    raise self.fail(
+                        dotted, f"unknown backend {value!r} (use memory or redis)"
+                    ) from None
+            elif key == "url":
+                values[key] = self.redis_url(value, dotted)
+            elif key in {"password_env", "prefix"}:
+                values[key] = self.string(value, dotted)
+            else:
+                values[key] = self.number(value, dotted)
+        return StateConfig(**values)
+
+    def redis_url(self, value: Any, key: str) -> str:
+        from urllib.parse import urlsplit
+
+        url = self.string(value, key)
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018 - raises ValueError for a bad port
+        except ValueError as exc:
+            raise self.fail(key, f"is not a valid URL ({exc})") from None
+        if parts.scheme not in {"redis", "rediss", "unix"}:
+            raise self.fail(key, f"must start with redis://, rediss:// or unix://, got {url!r}")
+        if parts.password:
+            raise self.fail(
+                key,
+                "secrets are not read from the config file; put the Redis password in an "
+                "environment variable and name it with password_env",
+            )
+        return url
 
     def router(self, data: Any) -> RouterConfig:
         table = self.table(data, "router")
@@ -508,5 +730,10 @@ class _Parser:
             values["headers"] = dict(headers)
         if "timeouts" in table:
             values["timeouts"] = self.timeouts(table.pop("timeouts"), f"{key}.timeouts")
+        if "weight" in table:
+            values["weight"] = self.number(table.pop("weight"), f"{key}.weight")
+        for limit in ("rpm", "tpm", "max_in_flight"):
+            if limit in table:
+                values[limit] = self.limit(table.pop(limit), f"{key}.{limit}")
         values["extra"] = table
         return ProviderConfig(**values)

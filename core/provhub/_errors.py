@@ -9,6 +9,7 @@
     ├── PluginLoadError              a plugin failed (strict mode)
     ├── ModelNotFoundError           nobody serves the model; also LookupError
     ├── NoProviderError              some serve it, none qualifies (reasons listed)
+    │   └── RateLimitedError         every candidate is over a limit (``retry_after``)
     ├── ProviderError                one upstream failure of one provider
     │   ├── UpstreamHTTPError        an HTTP error status; also requests.HTTPError
     │   ├── UpstreamConnectionError  connect failed or broke; also requests.ConnectionError
@@ -52,6 +53,7 @@ __all__ = [
     "ProvhubError",
     "ProviderError",
     "ProviderSpecError",
+    "RateLimitedError",
     "RequestTooLargeError",
     "StreamInterruptedError",
     "UpstreamConnectionError",
@@ -171,6 +173,23 @@ class NoProviderError(ProvhubError):
         )
 
 
+class RateLimitedError(NoProviderError):
+    """Every candidate is over one of its limits (``rpm``, ``tpm``, ``max_in_flight``)
+    or cooling down after the upstream asked to wait (SPEC §14); nothing was sent.
+
+    Attributes: ``model``, ``excluded`` (provider -> reason, as for
+    :class:`NoProviderError`), ``retry_after`` (seconds until the first of them has
+    room, or None when no limit can say, e.g. ``max_in_flight``).
+    """
+
+    def __init__(self, model: str, excluded: dict[str, str], retry_after: float | None) -> None:
+        super().__init__(model, excluded)
+        self.retry_after = retry_after
+        when = f"; retry in {retry_after:.1f} s" if retry_after is not None else ""
+        reasons = "; ".join(f"{name}: {why}" for name, why in self.excluded.items())
+        self.args = (f"every provider for model {model!r} is over its limit: {reasons}{when}",)
+
+
 class FailureKind(enum.StrEnum):
     """What kind of failure a :class:`ProviderError` is (SPEC §14).
 
@@ -192,7 +211,10 @@ class ProviderError(ProvhubError):
     Attributes: ``provider``, ``status`` (HTTP status or None), ``retryable``,
     ``body`` (short excerpt of the response body, or ""), ``retry_after`` (seconds
     or None), ``kind`` (a :class:`FailureKind` or None), ``host`` (the upstream's
-    ``host:port`` when known). The original exception is chained as ``__cause__``.
+    ``host:port`` when known), ``code`` and ``error_type`` (the upstream's own
+    ``error.code`` and ``error.type`` strings from an error body, when it sent
+    them: data for the provider that sets ``kind``, so nobody parses message
+    text). The original exception is chained as ``__cause__``.
     """
 
     def __init__(
@@ -206,6 +228,8 @@ class ProviderError(ProvhubError):
         retry_after: float | None = None,
         kind: FailureKind | None = None,
         host: str | None = None,
+        code: str | None = None,
+        error_type: str | None = None,
     ) -> None:
         self.provider = provider
         self.status = status
@@ -214,6 +238,8 @@ class ProviderError(ProvhubError):
         self.retry_after = retry_after
         self.kind = kind
         self.host = host
+        self.code = code
+        self.error_type = error_type
         self.detail = message
         super().__init__(message)
 

@@ -358,6 +358,10 @@ def next_step(
         cause, link = cause_of(error.__cause__)
     if error_type == "CircuitOpen":
         return "it failed repeatedly; provhub tries it again after [router] breaker_cooldown"
+    if error_type == "LimitReached":
+        return f"over its limit: retry later, or raise rpm/tpm/max_in_flight in [providers.{name}]"
+    if error_type == "ContextWindow":
+        return "its context window is too small for this request: shorten it or use a larger model"
     if error_type == "UpstreamConnectionError" or cause in (Cause.REFUSED, Cause.DNS):
         if cause is Cause.TLS:
             if getattr(link, "reason", None) == "WRONG_VERSION_NUMBER":

@@ -3,7 +3,13 @@
 A sans-I/O state machine (SPEC §5): N consecutive failures open the breaker for
 a cooldown, then exactly one half-open trial decides between closed and open
 again. The clock is injectable so tests need no sleeps. One ``Health`` belongs
-to one ``Hub``; every method is thread-safe.
+to one state store (:mod:`provhub._state`), which belongs to one ``Hub``; every
+method is thread-safe.
+
+A provider can also *cool down*: an upstream that answered with ``Retry-After``
+is skipped until then (SPEC §14, ``rate_limited`` honours ``retry_after``),
+without counting as a failure. The Redis store keeps the same state machine in
+a server-side script; the reason texts below are shared so both read alike.
 """
 
 from __future__ import annotations
@@ -14,7 +20,19 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-__all__ = ["BreakerState", "Health"]
+__all__ = ["TRIAL_REASON", "BreakerState", "Health", "cooldown_reason", "open_reason"]
+
+TRIAL_REASON = "circuit half-open: a trial request is in flight"
+
+
+def open_reason(failures: int, remaining: float) -> str:
+    """Why an open breaker excludes a provider."""
+    return f"circuit open after {failures} failures (retry in {remaining:.1f} s)"
+
+
+def cooldown_reason(remaining: float) -> str:
+    """Why a provider that asked to wait (``Retry-After``) is skipped."""
+    return f"the upstream asked to wait (retry in {remaining:.1f} s)"
 
 
 class BreakerState(enum.StrEnum):
@@ -33,6 +51,7 @@ class _ProviderHealth:
     trial_in_flight: bool = False
     ttft: float | None = None
     in_flight: int = 0
+    cooldown_until: float = 0.0
 
 
 # Weight of the newest time-to-first-token sample in the moving average: recent
@@ -79,9 +98,31 @@ class Health:
         if health.state is BreakerState.OPEN:
             remaining = self.cooldown - (self._clock() - health.opened_at)
             if remaining > 0:
-                return f"circuit open after {health.failures} failures (retry in {remaining:.1f} s)"
+                return open_reason(health.failures, remaining)
             return None
-        return "circuit half-open: a trial request is in flight" if health.trial_in_flight else None
+        return TRIAL_REASON if health.trial_in_flight else None
+
+    def open_remaining(self, name: str) -> float | None:
+        """Seconds until an open breaker allows a trial, or None when it is not open."""
+        health = self._providers.get(name)
+        if health is None or health.state is not BreakerState.OPEN:
+            return None
+        remaining = self.cooldown - (self._clock() - health.opened_at)
+        return remaining if remaining > 0 else None
+
+    def cool_down(self, name: str, seconds: float) -> None:
+        """Skip ``name`` for ``seconds`` (the upstream's ``Retry-After``)."""
+        with self._lock:
+            health = self._get(name)
+            health.cooldown_until = max(health.cooldown_until, self._clock() + seconds)
+
+    def cooling(self, name: str) -> float | None:
+        """Seconds left of a cooldown, or None when there is none."""
+        health = self._providers.get(name)
+        if health is None:
+            return None
+        remaining = health.cooldown_until - self._clock()
+        return remaining if remaining > 0 else None
 
     def acquire(self, name: str) -> tuple[bool, str | None]:
         """Ask to send a request to ``name``.

@@ -26,9 +26,10 @@ from provhub._errors import (
     NoProviderError,
     PluginLoadError,
     ProviderSpecError,
+    RateLimitedError,
 )
 from provhub._events import DEBUG, INFO, WARNING, EventEmitter, Subscriber
-from provhub._health import Health
+from provhub._limits import estimate_prompt_tokens, reserved_tokens
 from provhub._plugins import (
     PluginRecord,
     PluginStatus,
@@ -41,6 +42,7 @@ from provhub._request import Request, build_request
 from provhub._router import RoutePlan, Router
 from provhub._run import Run, RunDeps
 from provhub._spec import Capability, ProviderInfo
+from provhub._state import Acquired, MemoryStateStore, StateStore
 from provhub._stream import Completion, Stream
 from provhub._transport import Transport
 
@@ -106,27 +108,34 @@ class Hub:
         self._emit(INFO, "config.loaded", source.as_dict())
         self._load_plugins = load_plugins
         self._registry = Registry()
-        self._health = Health(
-            threshold=self.config.router.breaker_threshold,
-            cooldown=self.config.router.breaker_cooldown,
-        )
+        self._state = _state_store(self.config, self._emit)
+        self._health = self._state.health
         self._transport = Transport(limits=self.config.limits)
         # Worker threads of async streams, created on the first astream.
         self._workers: Workers | None = None
         self._rng = random.Random()
         self._router = Router(
-            self._registry, self._health, self.config.router, self.config.providers, rng=self._rng
+            self._registry,
+            self._state,
+            self.config.router,
+            self.config.providers,
+            groups=self.config.groups,
+            rng=self._rng,
         )
+        # Whether requests need a size estimate (tpm limits, prices, context windows);
+        # otherwise the estimate's pass over the messages is skipped.
+        self._estimates = _config_needs_estimates(self.config)
         self._settings = {k.lower(): v for k, v in self.config.providers.items()}
         self._plugins: tuple[PluginRecord, ...] = ()
         self._provider_types: dict[str, tuple[ProviderTypeFactory, str]] = {}
         self._lock = threading.Lock()
         self._run_deps = RunDeps(
-            health=self._health,
+            state=self._state,
             emitter=self._emitter,
             settings=self.config.router,
             rng=self._rng,
             call_context=self._call_context,
+            prices=self.config.prices,
         )
         if load_plugins:
             result = load_plugins_into(self, strict)
@@ -148,6 +157,8 @@ class Hub:
         info = describe(provider, source=source)
         self._check_provider_table(info)
         self._registry.add(info)
+        if info.context_windows:
+            self._estimates = True
         self._emit(DEBUG, "provider.registered", {"provider": info.name, "source": source})
         self._warn_insecure(info)
         return info
@@ -296,13 +307,26 @@ class Hub:
         return self._plan(request)
 
     def _plan(self, request: Request) -> RoutePlan:
+        _, tokens = self._estimate(request)
         try:
-            return self._router.plan(request.model, request.required, only=request.provider)
+            return self._router.plan(
+                request.model, request.required, only=request.provider, tokens=tokens
+            )
         except ModelNotFoundError as exc:
-            hint = self._plugin_hint()
-            if not hint:
-                raise
-            raise ModelNotFoundError(exc.model, exc.suggestions, exc.available, hint=hint) from None
+            raise self._with_hint(exc) from None
+
+    def _with_hint(self, exc: ModelNotFoundError) -> ModelNotFoundError:
+        hint = self._plugin_hint()
+        if not hint:
+            return exc
+        return ModelNotFoundError(exc.model, exc.suggestions, exc.available, hint=hint)
+
+    def _estimate(self, request: Request) -> tuple[int, int]:
+        """``(prompt, reserved)`` token estimates of a request, (0, 0) when unneeded."""
+        if not self._estimates:
+            return 0, 0
+        prompt = estimate_prompt_tokens(request.messages, request.params)
+        return prompt, reserved_tokens(prompt, request.params)
 
     def _plugin_hint(self) -> str:
         """Plugins switched off by name that might serve a model, and names matching none.
@@ -346,8 +370,11 @@ class Hub:
         return default
 
     def health(self) -> dict[str, dict[str, object]]:
-        """A plain-data snapshot of every provider's breaker and statistics."""
-        return self._health.snapshot()
+        """A plain-data snapshot of every provider's breaker and statistics.
+
+        With a shared ``[state]`` store, the shared figures (one round trip).
+        """
+        return self._state.snapshot([info.name for info in self._registry.all()])
 
     # -- requests ---------------------------------------------------------
 
@@ -454,9 +481,15 @@ class Hub:
             provider=self._provider_name(provider),
             timeouts=timeouts,
         )
-        plan = self._plan(request)
-        if not plan.candidates:
-            raise NoProviderError(request.model, dict(plan.excluded), hint=self._plugin_hint())
+        prompt, tokens = self._estimate(request)
+        try:
+            static = self._router.candidates(
+                request.model, request.required, only=request.provider, tokens=tokens
+            )
+        except ModelNotFoundError as exc:
+            raise self._with_hint(exc) from None
+        if not static.candidates:
+            raise NoProviderError(request.model, dict(static.excluded), hint=self._plugin_hint())
         # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
         # From the random module, not os.urandom: that is a syscall which releases
         # the GIL, and an event loop starting hundreds of astreams while their
@@ -464,7 +497,34 @@ class Hub:
         # generator is seeded by the OS and reseeded in a forked child, so replicas
         # forked from one parent never repeat each other's ids.
         request_id = f"{random.getrandbits(64):016x}"
-        return Stream(Run(self._run_deps, plan, request, request_id=request_id))
+        # The plan/acquire phase: live state decides, and the first candidate is
+        # taken atomically (one round trip to a shared store).
+        timeouts = request.timeouts or self.config.router.timeouts
+        got = self._state.acquire(
+            static.candidates,
+            tokens=tokens,
+            ttl=timeouts.total + 5.0,
+            order=static.order,
+            check_all=True,
+        )
+        plan = static.applied(got)
+        for event, name in got.transitions:
+            self._emit(
+                WARNING,
+                event,
+                {"request_id": request_id, "model": request.model, "provider": name, "attempt": 1},
+            )
+        if got.lease is None:
+            raise _refusal(request.model, plan, got, self._plugin_hint())
+        run = Run(
+            self._run_deps,
+            plan,
+            request,
+            request_id=request_id,
+            lease=got.lease,
+            prompt_tokens=prompt,
+        )
+        return Stream(run)
 
     def _provider_name(self, provider: Any) -> str | None:
         if provider is None or isinstance(provider, str):
@@ -514,6 +574,7 @@ class Hub:
     def close(self) -> None:
         """Close pooled connections and idle worker threads. The hub stays usable."""
         self._transport.close()
+        self._state.close()
         if self._workers is not None:
             self._workers.close()
 
@@ -526,6 +587,45 @@ class Hub:
     def __repr__(self) -> str:
         loaded = sum(1 for p in self._plugins if p.status is PluginStatus.LOADED)
         return f"<Hub providers={len(self._registry)} plugins={loaded}>"
+
+
+def _state_store(config: Config, emit: Callable[[int, str, Mapping[str, Any]], None]) -> StateStore:
+    """The ``[state]`` store: in-process, or shared through Redis."""
+    router = config.router
+    if config.state.backend == "redis":
+        from provhub._state_redis import RedisStateStore
+
+        try:
+            return RedisStateStore(
+                config.state,
+                threshold=router.breaker_threshold,
+                cooldown=router.breaker_cooldown,
+                emit=emit,
+            )
+        except ConfigError as exc:
+            raise ConfigError(exc.reason, path=config.path, key=exc.key) from exc
+    return MemoryStateStore(threshold=router.breaker_threshold, cooldown=router.breaker_cooldown)
+
+
+def _config_needs_estimates(config: Config) -> bool:
+    if config.prices:
+        return True
+    if any(p.tpm is not None for p in config.providers.values()):
+        return True
+    return any(
+        m.tpm is not None or m.context_window is not None
+        for group in config.groups.values()
+        for m in group.members
+    )
+
+
+def _refusal(model: str, plan: RoutePlan, decided: Acquired, hint: str) -> NoProviderError:
+    """No candidate admitted: :class:`RateLimitedError` when a limit is why."""
+    limited = [skip for skip in decided.skipped if skip.limited]
+    if not limited:
+        return NoProviderError(model, dict(plan.excluded), hint=hint)
+    waits = [skip.retry_after for skip in limited if skip.retry_after is not None]
+    return RateLimitedError(model, dict(plan.excluded), min(waits) if waits else None)
 
 
 def _provider_emitter(

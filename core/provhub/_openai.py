@@ -124,6 +124,8 @@ def error_from_object(error: Any, provider: str) -> ProviderError:
         status=status,
         retryable=retryable,
         kind=kind_of_error_code(code, kind) or kind_of_status(status),
+        code=code if isinstance(code, str) else None,
+        error_type=kind if isinstance(kind, str) else None,
     )
 
 

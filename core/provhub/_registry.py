@@ -131,6 +131,32 @@ def _check_model_capabilities(
     return result
 
 
+def _check_context_windows(
+    label: str, source: str, declared: Any, models: tuple[str, ...], aliases: Mapping[str, str]
+) -> dict[str, int]:
+    if not isinstance(declared, Mapping):
+        raise ProviderSpecError(
+            label, "context_windows must map model ids to token counts", source=source
+        )
+    result: dict[str, int] = {}
+    for model, window in declared.items():
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ProviderSpecError(
+                label,
+                f"context_windows[{model!r}] must be a positive integer (tokens), got {window!r}",
+                source=source,
+            )
+        target = aliases.get(model, model) if isinstance(model, str) else model
+        if target not in models:
+            raise ProviderSpecError(
+                label,
+                f"context_windows names {model!r}, which the provider does not serve",
+                source=source,
+            )
+        result[target] = window
+    return result
+
+
 def _check_config_keys(label: str, source: str, keys: Any) -> tuple[str, ...]:
     if isinstance(keys, str | bytes) or not isinstance(keys, Iterable):
         raise ProviderSpecError(label, "config_keys must be a list of key names", source=source)
@@ -204,6 +230,9 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
         label, source, getattr(provider, "model_capabilities", {}), models, aliases
     )
     config_keys = _check_config_keys(label, source, getattr(provider, "config_keys", ()))
+    windows = _check_context_windows(
+        label, source, getattr(provider, "context_windows", {}), models, aliases
+    )
     url_env = getattr(provider, "url_env", None)
     if url_env is not None and (not isinstance(url_env, str) or not _ENV_NAME.match(url_env)):
         raise ProviderSpecError(
@@ -233,6 +262,7 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
         provider=provider,
         model_capabilities=MappingProxyType(model_caps),
         config_keys=config_keys,
+        context_windows=MappingProxyType(windows),
         url_env=url_env,
         models_path=models_path,
     )

@@ -15,18 +15,20 @@ failure, retry and fallback at WARNING or above. The steps of a healthy request
 
 from __future__ import annotations
 
+import contextlib
 import random
 import time
-from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable, Generator, Iterator, Mapping
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from provhub._attempt import Attempt
 from provhub._cancel import CancelToken
-from provhub._config import RouterConfig, Timeouts
+from provhub._config import Price, RouterConfig, Timeouts
 from provhub._context import CallContext, bind_call, unbind_call
 from provhub._errors import (
     AllProvidersFailedError,
+    FailureKind,
     ProviderError,
     ProviderSpecError,
     RequestTooLargeError,
@@ -36,9 +38,9 @@ from provhub._errors import (
     as_provider_error,
 )
 from provhub._events import DEBUG, ERROR, INFO, WARNING, EventEmitter
-from provhub._health import Health
+from provhub._prices import cost_of, estimated_usage, price_for
 from provhub._request import Request
-from provhub._router import RoutePlan, backoff_delay
+from provhub._router import Candidate, RoutePlan, backoff_delay, fits_after
 from provhub._spec import (
     FinishReason,
     ProviderInfo,
@@ -48,6 +50,7 @@ from provhub._spec import (
     ToolCallDelta,
     Usage,
 )
+from provhub._state import Lease, Outcome, Skip, StateStore, Verdict
 from provhub._toolcalls import ToolCall, ToolCallAssembler
 
 __all__ = ["Run", "RunDeps"]
@@ -56,19 +59,51 @@ _END = object()
 # Statuses that say the request is at fault, not the provider: they must not
 # push a healthy provider's breaker towards open.
 _REQUEST_FAULT = frozenset({400, 413, 422})
+# Failure kinds that blame the request, not the provider (SPEC §14).
+_REQUEST_KINDS = frozenset({FailureKind.CONTEXT_LENGTH, FailureKind.CONTENT_POLICY})
+# Seconds a lease outlives its request's deadline before a shared store expires it
+# (only a crashed process leaves a lease unfinished).
+_LEASE_MARGIN = 5.0
 
 CallContextFactory = Callable[[ProviderInfo, Timeouts, str, CancelToken], CallContext]
 
 
 @dataclass(frozen=True, slots=True)
 class RunDeps:
-    """What a run uses from its hub: health, events, settings, randomness, call contexts."""
+    """What a run uses from its hub: state, events, settings, randomness, call
+    contexts and prices."""
 
-    health: Health
+    state: StateStore
     emitter: EventEmitter
     settings: RouterConfig
     rng: random.Random
     call_context: CallContextFactory
+    prices: Mapping[str, Price] = field(default_factory=dict)
+
+
+def outcome_of(error: ProviderError) -> Outcome:
+    """What a failed attempt means for the provider's breaker (SPEC §14).
+
+    The request's fault (400/413/422, too large, ``context_length``,
+    ``content_policy``) changes nothing; ``auth`` counts on this hub's own
+    breaker only (other hubs may hold a good key); ``rate_limited`` with a
+    ``Retry-After`` is not a fault but a cooldown. A ``Retry-After`` always
+    becomes a cooldown every hub on the store honours.
+    """
+    kind = error.kind
+    if (
+        error.status in _REQUEST_FAULT
+        or isinstance(error, RequestTooLargeError)
+        or kind in _REQUEST_KINDS
+    ):
+        verdict = Verdict.NEUTRAL
+    elif kind is FailureKind.AUTH:
+        verdict = Verdict.LOCAL_FAILURE
+    elif kind is FailureKind.RATE_LIMITED and error.retry_after is not None:
+        verdict = Verdict.NEUTRAL
+    else:
+        verdict = Verdict.FAILURE
+    return Outcome(verdict, cooldown=error.retry_after or None)
 
 
 def _error_type(error: ProviderError) -> str:
@@ -110,7 +145,14 @@ class Run:
     """
 
     def __init__(
-        self, deps: RunDeps, plan: RoutePlan, request: Request, *, request_id: str
+        self,
+        deps: RunDeps,
+        plan: RoutePlan,
+        request: Request,
+        *,
+        request_id: str,
+        lease: Lease | None = None,
+        prompt_tokens: int = 0,
     ) -> None:
         self.request_id = request_id
         self.request = request
@@ -129,6 +171,30 @@ class Run:
         self._timeouts = request.timeouts or deps.settings.timeouts
         # Number of the attempt running or last run; 0 before the first.
         self._attempt_no = 0
+        # The admission of plan.candidates[0], taken when the plan was made; the
+        # run owns it from its start (or gives it back, unused, if never started).
+        self._lease = lease
+        self._prompt_tokens = prompt_tokens
+        self._price: Price | None = None
+
+    def __del__(self) -> None:
+        # A stream dropped before its first item: give the admission back.
+        if getattr(self, "_lease", None) is not None:
+            self.abandon()
+
+    def abandon(self) -> None:
+        """Give back the admission of a run that never started (idempotent)."""
+        lease, self._lease = self._lease, None
+        if lease is not None and not lease.done:
+            # Also called at garbage collection, where nothing may raise.
+            with contextlib.suppress(Exception):
+                self._deps.state.finish(lease, Outcome(Verdict.UNUSED))
+
+    @property
+    def cost(self) -> float | None:
+        """What the attempts cost per ``[prices]`` (None when none was priced)."""
+        costs = [a.cost for a in self.attempts if a.cost is not None]
+        return round(sum(costs), 8) if costs else None
 
     # -- records -----------------------------------------------------------
 
@@ -170,65 +236,147 @@ class Run:
     def execute(self, *, text_only: bool) -> Generator[StreamItem, None, None]:
         """Run the request, yielding text (``text_only``) or every item."""
         deps = self._deps
-        health = deps.health
+        state = deps.state
         settings = deps.settings
         started = time.monotonic()
         deadline = started + self._timeouts.total
         fields: dict[str, Any] = {
-            "candidates": [c.name for c in self.plan.candidates],
+            "candidates": [c.label for c in self.plan.candidates],
             "excluded": [{"provider": n, "reason": r} for n, r in self.plan.excluded],
             "stream": self.request.stream,
         }
         if deps.emitter.log_content:
             fields["messages"] = list(self.request.messages)
         self._emit(DEBUG, "route.planned", **fields)
-        previous: str | None = None
+        candidates = self.plan.candidates
+        tokens = self.plan.tokens
+        lease, self._lease = self._lease, None
+        # A failed attempt whose finish rides on the next acquire (one round trip).
+        pending: tuple[Lease, Outcome] | None = None
+        previous: Candidate | None = None
         # The last failure becomes the __cause__ of AllProvidersFailedError, so a
         # traceback shows what finally went wrong (the others are in .attempts).
         last_error: ProviderError | None = None
-        for info in self.plan.candidates:
-            if previous is not None:
-                self._emit(WARNING, "route.fallback", from_provider=previous, to_provider=info.name)
-            previous = info.name
-            retry = 0
-            while not self.cancel_token.cancelled:
-                allowed, transition = health.acquire(info.name)
-                if transition:
-                    self._emit(WARNING, transition, provider=info.name)
-                if not allowed:
-                    self.attempts.append(
-                        Attempt(
-                            len(self.attempts) + 1,
-                            info.name,
-                            False,
-                            "CircuitOpen",
-                            error="circuit open",
-                        )
+        position = 0
+        try:
+            while position < len(candidates) and not self.cancel_token.cancelled:
+                if lease is None:
+                    rest = self._fitting(candidates[position:], previous, last_error)
+                    ttl = deadline - time.monotonic() + _LEASE_MARGIN
+                    got = state.acquire(rest, tokens=tokens, ttl=ttl, finish=pending)
+                    pending = None
+                    self._transitions(got.transitions)
+                    for skip in got.skipped:
+                        self._record_skip(rest[skip.index], skip)
+                    if got.lease is None or got.index is None:
+                        break
+                    lease = got.lease
+                    chosen = rest[got.index]
+                    while candidates[position] is not chosen:
+                        position += 1
+                candidate = candidates[position]
+                if previous is not None and previous is not candidate:
+                    self._emit(
+                        WARNING,
+                        "route.fallback",
+                        from_provider=previous.name,
+                        to_provider=candidate.name,
                     )
+                previous = candidate
+                retry = 0
+                while lease is not None:
+                    self.provider = candidate.name
+                    attempt_started = time.monotonic()
+                    remaining = deadline - attempt_started
+                    error = yield from self._attempt(candidate, lease, remaining, text_only)
+                    if error is None:
+                        return
+                    last_error = error
+                    delay = None
+                    if error.retryable:
+                        delay = backoff_delay(settings, retry, error.retry_after, deps.rng)
+                        if delay is not None and delay >= deadline - time.monotonic():
+                            delay = None
+                    self._record_failure(
+                        candidate, error, delay, time.monotonic() - attempt_started
+                    )
+                    outcome = outcome_of(error)
+                    if delay is None:
+                        pending, lease = (lease, outcome), None
+                        break
+                    self._transitions(state.finish(lease, outcome))
+                    lease = None
+                    if self.cancel_token.event.wait(delay):
+                        break
+                    retry += 1
+                    ttl = deadline - time.monotonic() + _LEASE_MARGIN
+                    # retry=True: the cooldown this provider's Retry-After set was
+                    # just waited out by this very request.
+                    got = state.acquire(
+                        [candidate], tokens=tokens, ttl=ttl, retry=error.retry_after is not None
+                    )
+                    self._transitions(got.transitions)
+                    for skip in got.skipped:
+                        self._record_skip(candidate, skip)
+                    lease = got.lease
+                position += 1
+                if self.cancel_token.cancelled or time.monotonic() >= deadline:
                     break
-                self.provider = info.name
-                attempt_started = time.monotonic()
-                remaining = deadline - attempt_started
-                error = yield from self._attempt(info, remaining, text_only)
-                if error is None:
-                    return
-                last_error = error
-                delay = None
-                if error.retryable:
-                    delay = backoff_delay(settings, retry, error.retry_after, deps.rng)
-                    if delay is not None and delay >= deadline - time.monotonic():
-                        delay = None
-                self._record_failure(info, error, delay, time.monotonic() - attempt_started)
-                if delay is None or self.cancel_token.event.wait(delay):
-                    break
-                retry += 1
-            if self.cancel_token.cancelled or time.monotonic() >= deadline:
-                break
+        finally:
+            if pending is not None:
+                self._transitions(state.finish(*pending))
+            if lease is not None and not lease.done:
+                self._transitions(state.finish(lease, Outcome(Verdict.NEUTRAL)))
         self._emit(ERROR, "route.exhausted", attempts=len(self.attempts))
         raise AllProvidersFailedError(self.model, self.attempts) from last_error
 
+    def _fitting(
+        self,
+        rest: tuple[Candidate, ...],
+        failed: Candidate | None,
+        error: ProviderError | None,
+    ) -> list[Candidate]:
+        """The candidates a fallback may go to: after ``context_length``, larger windows."""
+        if failed is None or error is None or error.kind is not FailureKind.CONTEXT_LENGTH:
+            return list(rest)
+        fitting: list[Candidate] = []
+        for candidate in rest:
+            reason = fits_after(failed, error, candidate)
+            if reason is None:
+                fitting.append(candidate)
+            else:
+                self._record_skip(candidate, Skip(0, reason, None, False), "ContextWindow")
+        return fitting
+
+    def _transitions(self, transitions: tuple[tuple[str, str], ...]) -> None:
+        for event, provider in transitions:
+            level = INFO if event == "circuit.closed" else WARNING
+            self._emit(level, event, provider=provider)
+
+    def _record_skip(self, candidate: Candidate, skip: Skip, error_type: str | None = None) -> None:
+        """A candidate the run did not call: its breaker, a limit, or its window."""
+        if error_type is None:
+            error_type = "LimitReached" if skip.limited else "CircuitOpen"
+        self.attempts.append(
+            Attempt(
+                len(self.attempts) + 1,
+                candidate.name,
+                False,
+                error_type,
+                error=skip.reason,
+                kind=str(FailureKind.RATE_LIMITED) if skip.limited else None,
+                model=candidate.model,
+                skipped=True,
+            )
+        )
+
     def _record_failure(
-        self, info: ProviderInfo, error: ProviderError, delay: float | None, duration: float
+        self,
+        candidate: Candidate,
+        error: ProviderError,
+        delay: float | None,
+        duration: float,
+        cost: float | None = None,
     ) -> None:
         backoff_ms = None if delay is None else round(delay * 1000, 3)
         error_type = _error_type(error)
@@ -246,7 +394,7 @@ class Run:
         self.attempts.append(
             Attempt(
                 len(self.attempts) + 1,
-                info.name,
+                candidate.name,
                 False,
                 error_type,
                 error.status,
@@ -255,15 +403,10 @@ class Run:
                 backoff_ms,
                 round(duration * 1000, 3),
                 kind,
+                candidate.model,
+                cost,
             )
         )
-        health = self._deps.health
-        if error.status not in _REQUEST_FAULT and not isinstance(error, RequestTooLargeError):
-            transition = health.failure(info.name)
-            if transition:
-                self._emit(WARNING, transition, provider=info.name)
-        else:
-            health.release(info.name)
 
     def _take(self, item: Any, name: str) -> StreamItem:
         """Record a non-text item; return it as the caller sees it."""
@@ -283,6 +426,11 @@ class Run:
                 raise _bad_item(name, "FinishReason.reason must be a str")
             self.finish_reason = item.reason
         elif isinstance(item, Usage):
+            price = self._price
+            if price is not None and item.cost is None:
+                cost = cost_of(item, price)
+                if cost is not None:
+                    item = replace(item, cost=cost)
             self.usage = item
         else:
             raise _bad_item(
@@ -294,11 +442,16 @@ class Run:
         return item  # type: ignore[no-any-return]
 
     def _attempt(
-        self, info: ProviderInfo, remaining: float, text_only: bool
+        self, candidate: Candidate, lease: Lease, remaining: float, text_only: bool
     ) -> Generator[StreamItem, None, ProviderError | None]:
-        """Run one attempt; yields items, returns None on success or the error."""
+        """Run one attempt; yields items, returns None on success or the error.
+
+        The attempt finishes its lease itself when it ends the request (success,
+        interruption, cancellation); a failure before any item is handed back
+        with the lease unfinished, for the run to finish (with the next acquire).
+        """
         deps = self._deps
-        health = deps.health
+        info = candidate.info
         name = info.name
         timeouts = self._timeouts
         if remaining < timeouts.total:
@@ -310,7 +463,9 @@ class Run:
         context = deps.call_context(info, timeouts, self.request_id, self.cancel_token)
         self._attempt_no = len(self.attempts) + 1
         self._emit(DEBUG, "attempt.started")
-        model = info.aliases.get(self.model, self.model)
+        model = info.aliases.get(candidate.model, candidate.model)
+        prices = deps.prices
+        self._price = price_for(prices, name, model, self.model) if prices else None
         started = time.monotonic()
         chunk_events = deps.emitter.enabled_for(DEBUG)
         items = self.items
@@ -321,9 +476,9 @@ class Run:
         ttft: float | None = None
         iterator: Iterator[Any] | None = None
         completed = False
+        handed_back = False
         finished = False  # the upstream said why it stopped (a finish reason)
         request = self.request
-        health.begin(name)
         try:
             token = bind_call(context)
             try:
@@ -366,7 +521,6 @@ class Run:
         except Exception as exc:
             error = self._masked(as_provider_error(exc, name), context)
             if self.cancel_token.cancelled:
-                health.release(name)
                 self._emit(INFO, "stream.cancelled", chunks=delivered, chars=chars)
                 raise self._interrupted(name, error) from exc
             if finished and isinstance(error, UpstreamTimeoutError | UpstreamConnectionError):
@@ -383,6 +537,7 @@ class Run:
                 completed = True
             elif delivered or others:
                 # SPEC §11: once any item reached the caller, no retry or fallback.
+                cost, estimated = self._cost(chars)
                 self._emit(
                     ERROR,
                     "stream.interrupted",
@@ -390,25 +545,46 @@ class Run:
                     chars=chars,
                     error_type=_error_type(error),
                     status=error.status,
+                    cost=cost,
+                    **({} if cost is None else {"cost_estimated": estimated}),
                 )
-                self._record_failure(info, error, None, time.monotonic() - started)
+                self._record_failure(candidate, error, None, time.monotonic() - started, cost)
+                outcome = outcome_of(error)
+                self._transitions(
+                    deps.state.finish(
+                        lease, Outcome(outcome.verdict, None, self._used(chars), outcome.cooldown)
+                    )
+                )
                 raise self._interrupted(name, error) from exc
             else:
+                handed_back = True
                 return error
         finally:
-            health.end(name)
             if iterator is not None and hasattr(iterator, "close"):
                 iterator.close()  # closes the HTTP response if still open
-            if not completed:
-                health.release(name)
+            if not completed and not handed_back and not lease.done:
+                # Cancelled or closed by the caller: no verdict on the provider.
+                deps.state.finish(lease, Outcome(Verdict.NEUTRAL, tokens=self._used(chars)))
         duration = time.monotonic() - started
-        transition = health.success(name, ttft if ttft is not None else duration)
-        if transition:
-            self._emit(INFO, transition, provider=name)
+        self._transitions(
+            deps.state.finish(
+                lease,
+                Outcome(
+                    Verdict.SUCCESS,
+                    ttft if ttft is not None else duration,
+                    self._used(chars),
+                ),
+            )
+        )
         usage = self.usage
+        cost, estimated = self._cost(chars)
         extra: dict[str, Any] = {}
         if self._tool_calls is not None:
             extra["tool_calls"] = len(self._tool_calls)
+        if cost is not None:
+            extra["cost_estimated"] = estimated
+        if candidate.member:
+            extra["served_model"] = candidate.label
         self._emit(
             INFO,
             "stream.completed",
@@ -418,13 +594,45 @@ class Run:
             duration_ms=round(duration * 1000, 3),
             finish_reason=self.finish_reason,
             usage=None if usage is None else usage.as_dict(),
+            cost=cost,
             **extra,
         )
         # The successful attempt is part of the record too (``Attempt.ok``).
         self.attempts.append(
-            Attempt(len(self.attempts) + 1, name, True, duration_ms=round(duration * 1000, 3))
+            Attempt(
+                len(self.attempts) + 1,
+                name,
+                True,
+                duration_ms=round(duration * 1000, 3),
+                model=candidate.model,
+                cost=cost,
+            )
         )
         return None
+
+    def _used(self, chars: int) -> int | None:
+        """Tokens the attempt used, for ``tpm``: as reported, else estimated."""
+        usage = self.usage
+        if usage is not None:
+            if usage.total_tokens is not None:
+                return usage.total_tokens
+            if usage.prompt_tokens is not None or usage.completion_tokens is not None:
+                return (usage.prompt_tokens or 0) + (usage.completion_tokens or 0)
+        if not self.plan.tokens:
+            return None  # nothing reserved, nothing to reconcile
+        return estimated_usage(self._prompt_tokens, chars).total_tokens
+
+    def _cost(self, chars: int) -> tuple[float | None, bool]:
+        """The attempt's cost and whether it is an estimate (no usage reported)."""
+        price = self._price
+        if price is None:
+            return None, False
+        usage = self.usage
+        if usage is not None:
+            cost = usage.cost if usage.cost is not None else cost_of(usage, price)
+            if cost is not None:
+                return cost, False
+        return cost_of(estimated_usage(self._prompt_tokens, chars), price), True
 
     def _interrupted(self, name: str, error: ProviderError) -> StreamInterruptedError:
         return StreamInterruptedError(

@@ -176,6 +176,10 @@ class AbstractProvider(ABC):
     ``provider_call().base_url(url, url_env)``. ``models_path`` is the path,
     relative to the base URL, of an OpenAI-style model listing
     (``"/v1/models"``), which ``provhub check`` uses as a free live probe.
+
+    ``context_windows`` maps model ids to their context window in tokens (prompt
+    and answer together); the router never falls back to a smaller window than a
+    request needs (SPEC §14). A model it does not name has an unknown window.
     """
 
     name: str = "AbstractProvider"
@@ -196,6 +200,7 @@ class AbstractProvider(ABC):
     model_capabilities: Mapping[str, Capability] = {}
     default_model: str | None = None
     config_keys: Sequence[str] = ()
+    context_windows: Mapping[str, int] = {}
     url_env: str | None = None
     models_path: str | None = None
 
@@ -250,9 +255,10 @@ class ProviderInfo:
     ``models`` holds every model id served (including ``gpt-3.5-turbo``/``gpt-4``
     from the flags); ``aliases`` maps alias to model id; ``capabilities`` are the
     provider-wide ones (from the flags) and ``model_capabilities`` the per-model
-    declarations (see :meth:`capabilities_for`); ``source`` is the plugin
-    (entry-point name) or ``"programmatic"``; ``url_env`` and ``models_path`` as
-    declared by the provider (see :class:`AbstractProvider`).
+    declarations (see :meth:`capabilities_for`); ``context_windows`` maps model
+    ids to context windows in tokens; ``source`` is the plugin (entry-point name)
+    or ``"programmatic"``; ``url_env`` and ``models_path`` as declared by the
+    provider (see :class:`AbstractProvider`).
     """
 
     name: str
@@ -266,6 +272,7 @@ class ProviderInfo:
     provider: Any = field(repr=False, compare=False)
     model_capabilities: Mapping[str, Capability] = field(default_factory=dict)
     config_keys: tuple[str, ...] = ()
+    context_windows: Mapping[str, int] = field(default_factory=dict)
     url_env: str | None = None
     models_path: str | None = None
 
@@ -294,6 +301,10 @@ class ProviderInfo:
             return self.capabilities
         return (self.capabilities & ~RICH_CAPABILITIES) | (declared & RICH_CAPABILITIES)
 
+    def context_window_for(self, model: str) -> int | None:
+        """The context window of ``model`` (an id or an alias) in tokens, or None."""
+        return self.context_windows.get(self.aliases.get(model, model))
+
     def as_dict(self) -> dict[str, Any]:
         """A JSON-ready dict (used by ``provhub providers --json``)."""
         return {
@@ -304,6 +315,7 @@ class ProviderInfo:
             "models": list(self.models),
             "aliases": dict(self.aliases),
             "model_capabilities": {m: c.names() for m, c in self.model_capabilities.items()},
+            "context_windows": dict(self.context_windows),
             "default_model": self.default_model,
             "source": self.source,
             "url_env": self.url_env,

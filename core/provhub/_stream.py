@@ -29,7 +29,8 @@ class Completion:
     """The result of ``Hub.complete``: the whole answer and how it was produced.
 
     ``tool_calls`` are the calls the model asked for (empty when none);
-    ``reasoning`` and ``refusal`` are None when the upstream sent none.
+    ``reasoning`` and ``refusal`` are None when the upstream sent none; ``cost``
+    is what the attempts cost per ``[prices]`` (None without a price).
     """
 
     text: str
@@ -43,6 +44,7 @@ class Completion:
     reasoning: str | None = None
     refusal: str | None = None
     items: tuple[StreamItem, ...] = field(default=(), repr=False)
+    cost: float | None = None
 
     def __str__(self) -> str:
         return self.text
@@ -62,6 +64,7 @@ class Completion:
             reasoning=run.reasoning,
             refusal=run.refusal,
             items=tuple(run.items),
+            cost=run.cost,
         )
 
 
@@ -170,6 +173,11 @@ class Stream:
         return self._run.refusal
 
     @property
+    def cost(self) -> float | None:
+        """What the attempts so far cost per ``[prices]`` (None without a price)."""
+        return self._run.cost
+
+    @property
     def plan(self) -> RoutePlan:
         """The route plan this request follows."""
         return self._run.plan
@@ -188,8 +196,9 @@ class Stream:
         """Stop the stream and close the upstream connection (idempotent)."""
         gen = self._gen
         if gen is None:
-            # Never started: make sure it never will.
+            # Never started: make sure it never will, and give its admission back.
             gen = self._gen = self._run.execute(text_only=self._text_only)
+            self._run.abandon()
         gen.close()
 
     def complete(self) -> Completion:

@@ -143,6 +143,25 @@ def _excerpt(raw: bytes, secrets: Secrets | None = None) -> str:
     return text if len(text) <= _BODY_EXCERPT else text[: _BODY_EXCERPT - 3] + "..."
 
 
+def _error_fields(raw: bytes) -> tuple[str | None, str | None]:
+    """The ``error.code`` and ``error.type`` strings of an OpenAI-style error body.
+
+    Kept as data on the error (SPEC §14), so providers map failure kinds from
+    them instead of parsing the message text.
+    """
+    try:
+        error = json.loads(raw.decode("utf-8", "replace"))["error"]
+    except (ValueError, KeyError, TypeError, RecursionError):
+        return None, None
+    if not isinstance(error, dict):
+        return None, None
+    code, kind = error.get("code"), error.get("type")
+    return (
+        code[:64] if isinstance(code, str) and code else None,
+        kind[:64] if isinstance(kind, str) and kind else None,
+    )
+
+
 def _host(url: str) -> str | None:
     """``host:port`` of ``url``; never its userinfo (``user:password@``)."""
     try:
@@ -440,6 +459,7 @@ class Transport:
             )
         raw = self._error_body(exchange, reader)
         excerpt = _excerpt(raw, secrets)
+        code, error_type = _error_fields(raw)
         raise UpstreamHTTPError(
             secrets.mask(explain.http_failure(status, response.reason, host, excerpt)),
             response=response,
@@ -450,6 +470,8 @@ class Transport:
             retry_after=parse_retry_after(response.headers.get("retry-after")),
             kind=kind_of_status(status),
             host=host,
+            code=code,
+            error_type=error_type,
         )
 
     @staticmethod

@@ -621,8 +621,8 @@ def _cmd_route(ctx: _Context) -> int:
             f"model {plan.model}  strategy {plan.strategy}  required "
             f"{', '.join(plan.required.names()) or '-'}"
         )
-        for index, info in enumerate(plan.candidates, 1):
-            print(f"  {index}. {info.name}")
+        for index, candidate in enumerate(plan.candidates, 1):
+            print(f"  {index}. {candidate.label}")
         for name, reason in plan.excluded:
             print(f"  x  {name}: {reason}")
     return EXIT_OK if plan.candidates else EXIT_NO_PROVIDER
@@ -650,6 +650,7 @@ def _completion_dict(result: Any) -> dict[str, Any]:
         "model": result.model,
         "finish_reason": result.finish_reason,
         "usage": result.usage.as_dict() if result.usage is not None else None,
+        "cost": result.cost,
         "attempts": [dataclasses.asdict(a) for a in result.attempts],
         "tool_calls": [call.as_dict() for call in result.tool_calls],
         "reasoning": result.reasoning,

@@ -14,8 +14,11 @@ from provhub import (
     AbstractProvider,
     Capability,
     CreateResult,
+    FailureKind,
     JSONAnswerError,
     Messages,
+    ProviderError,
+    kind_of_error_code,
     parse_chat_completion,
     parse_chat_stream,
     provider_call,
@@ -55,6 +58,8 @@ class OpenAICompatible(AbstractProvider):
         default_model: str | None = None,
         capabilities: Capability = Capability.NONE,
         model_capabilities: Mapping[str, Capability] | None = None,
+        context_window: int | None = None,
+        context_windows: Mapping[str, int] | None = None,
     ) -> None:
         if not base_url.startswith(("http://", "https://")):
             raise ValueError(f"base_url must start with http:// or https://, got {base_url!r}")
@@ -73,6 +78,8 @@ class OpenAICompatible(AbstractProvider):
         self.supports_structured_output = Capability.STRUCTURED_OUTPUT in capabilities
         self.supports_reasoning = Capability.REASONING in capabilities
         self.model_capabilities = dict(model_capabilities or {})
+        windows = dict.fromkeys(self.models, context_window) if context_window else {}
+        self.context_windows = {**windows, **(context_windows or {})}
 
     @classmethod
     def from_config(cls, name: str, table: dict[str, Any]) -> OpenAICompatible:
@@ -97,6 +104,17 @@ class OpenAICompatible(AbstractProvider):
                     table.pop("model_capabilities", {}), "model_capabilities"
                 ).items()
             },
+            context_window=(
+                None
+                if (window := table.pop("context_window", None)) is None
+                else _window(window, "context_window")
+            ),
+            context_windows={
+                model: _window(size, f"context_windows.{model}")
+                for model, size in _mapping(
+                    table.pop("context_windows", {}), "context_windows", "token counts"
+                ).items()
+            },
         )
         if table:
             raise ValueError(f"unknown key {sorted(table)[0]!r} for type 'openai-compatible'")
@@ -116,31 +134,57 @@ class OpenAICompatible(AbstractProvider):
         payload.update((k, v) for k, v in kwargs.items() if k not in _PASSTHROUGH_SKIP)
         if stream:
             payload.setdefault("stream_options", {"include_usage": True})
-        with provider_call() as call:
-            headers = dict(self.headers)
-            key = call.api_key(self.api_key_env)
-            if key:
-                headers["authorization"] = f"Bearer {key}"
-            url = call.base_url(self.url) + "/chat/completions"
-            if stream:
-                events = call.stream_sse(url, payload, headers=headers, provider=self.name)
-                try:
-                    yield from parse_chat_stream(events, self.name, markers=call.markers)
-                except JSONAnswerError as exc:
-                    # A server that ignored "stream": true sent the whole completion
-                    # (or a 200 {"error": ...}) as JSON: it is the answer, parsed as
-                    # such. Raised before any event, so nothing was yielded yet.
-                    yield from parse_chat_completion(exc.answer, self.name, markers=call.markers)
-                finally:
-                    events.close()
-            else:
-                answer = call.post_json(url, payload, headers=headers, provider=self.name)
-                yield from parse_chat_completion(answer, self.name, markers=call.markers)
+        try:
+            with provider_call() as call:
+                headers = dict(self.headers)
+                key = call.api_key(self.api_key_env)
+                if key:
+                    headers["authorization"] = f"Bearer {key}"
+                url = call.base_url(self.url) + "/chat/completions"
+                if stream:
+                    events = call.stream_sse(url, payload, headers=headers, provider=self.name)
+                    try:
+                        yield from parse_chat_stream(events, self.name, markers=call.markers)
+                    except JSONAnswerError as exc:
+                        # A server that ignored "stream": true sent the whole completion
+                        # (or a 200 {"error": ...}) as JSON: it is the answer, parsed as
+                        # such. Raised before any event, so nothing was yielded yet.
+                        yield from parse_chat_completion(
+                            exc.answer, self.name, markers=call.markers
+                        )
+                    finally:
+                        events.close()
+                else:
+                    answer = call.post_json(url, payload, headers=headers, provider=self.name)
+                    yield from parse_chat_completion(answer, self.name, markers=call.markers)
+        except ProviderError as exc:
+            _classify(exc)
+            raise
 
 
-def _mapping(value: Any, key: str) -> Mapping[str, Any]:
+# Kinds that say retrying the same request cannot help.
+_FINAL_KINDS = frozenset({FailureKind.CONTEXT_LENGTH, FailureKind.CONTENT_POLICY, FailureKind.AUTH})
+
+
+def _classify(error: ProviderError) -> None:
+    """Set the failure kind from the upstream's error code/type, where it names one."""
+    kind = kind_of_error_code(error.code, error.error_type)
+    if kind is None:
+        return
+    error.kind = kind
+    if kind in _FINAL_KINDS:
+        error.retryable = False
+
+
+def _mapping(value: Any, key: str, what: str = "capability names") -> Mapping[str, Any]:
     if not isinstance(value, Mapping):
-        raise ValueError(f"{key} must be a table of model id -> capability names")
+        raise ValueError(f"{key} must be a table of model id -> {what}")
+    return value
+
+
+def _window(value: Any, key: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{key} must be a positive number of tokens, got {value!r}")
     return value
 
 

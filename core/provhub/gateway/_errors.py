@@ -7,7 +7,8 @@
 | 401 | missing or wrong bearer key |
 | 404 | no provider serves the model (``ModelNotFoundError``) |
 | 413 | request body above ``[server] max_body_bytes`` |
-| 429 | every attempt was rate limited (with ``Retry-After``) |
+| 429 | every attempt was rate limited, or every candidate is over its own limit |
+|     | (``rpm``, ``tpm``, ``max_in_flight``: ``RateLimitedError``); with ``Retry-After`` |
 | 502 | every provider failed (``AllProvidersFailedError``) |
 | 503 | providers serve the model but none is available (``NoProviderError``, open breakers) |
 | 504 | the request's deadline passed before the first token |
@@ -26,6 +27,7 @@ from provhub._errors import (
     ModelNotFoundError,
     NoProviderError,
     ProvhubError,
+    RateLimitedError,
     StreamInterruptedError,
 )
 
@@ -72,6 +74,15 @@ def from_exception(exc: BaseException) -> GatewayError:
         return GatewayError(404, str(exc), code="model_not_found", param="model")
     if isinstance(exc, InvalidRequestError):
         return GatewayError(400, str(exc), code="invalid_request", param=exc.param)
+    if isinstance(exc, RateLimitedError):
+        # Every candidate is over its limit (SPEC §14): the client may retry later.
+        return GatewayError(
+            429,
+            str(exc),
+            kind="rate_limit_error",
+            code="rate_limit_exceeded",
+            headers=_retry_after(exc.retry_after if exc.retry_after is not None else 1.0),
+        )
     if isinstance(exc, NoProviderError):
         reasons = list(exc.excluded.values())
         if any(r.startswith("lacks capabilities") for r in reasons) and not any(
@@ -107,9 +118,9 @@ def from_exception(exc: BaseException) -> GatewayError:
 def _all_failed(exc: AllProvidersFailedError) -> GatewayError:
     attempts = exc.attempts
     provider = attempts[-1].provider if attempts else None
-    tried = [a for a in attempts if a.error_type != "CircuitOpen"]
+    tried = [a for a in attempts if not a.skipped]
     if not tried:
-        # Nothing was sent: every candidate's breaker was open.
+        # Nothing was sent: every candidate was skipped (breaker open, over a limit).
         return GatewayError(
             503,
             str(exc),
