@@ -228,6 +228,7 @@ def _default(field: dataclasses.Field[Any]) -> str | None:
         (provhub.RouterConfig, "## `[router]`", set()),
         (provhub.Timeouts, "## `[router.timeouts]`", set()),
         (provhub.Limits, "## `[limits]`", set()),
+        (provhub.TelemetryConfig, "## `[telemetry]`", set()),
         (provhub.ProviderConfig, "## `[providers.NAME]`", {"name", "extra"}),
     ],
 )

@@ -36,6 +36,7 @@ if TYPE_CHECKING:
         ProviderConfig,
         RouterConfig,
         Strategy,
+        TelemetryConfig,
         Timeouts,
         load_config,
     )
@@ -79,6 +80,7 @@ _LAZY = {
     "ProviderConfig": "provhub._config",
     "RouterConfig": "provhub._config",
     "Strategy": "provhub._config",
+    "TelemetryConfig": "provhub._config",
     "Timeouts": "provhub._config",
     "load_config": "provhub._config",
     "CallContext": "provhub._context",
@@ -172,6 +174,7 @@ __all__ = [
     "Stream",
     "StreamInterruptedError",
     "StreamItem",
+    "TelemetryConfig",
     "Timeouts",
     "ToolCall",
     "ToolCallDelta",

@@ -23,6 +23,7 @@ __all__ = [
     "ProviderConfig",
     "RouterConfig",
     "Strategy",
+    "TelemetryConfig",
     "Timeouts",
     "find_config_file",
     "load_config",
@@ -107,12 +108,25 @@ class ProviderConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """The ``[telemetry]`` table (SPEC §16).
+
+    ``enabled``: the hub instruments itself with OpenTelemetry when it is created
+    (``provhub.telemetry.instrument(hub)`` with the global providers); needs the
+    ``otel`` extra.
+    """
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """All settings of a hub."""
 
     router: RouterConfig = RouterConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     limits: Limits = Limits()
+    telemetry: TelemetryConfig = TelemetryConfig()
     log_content: bool = False
     path: str | None = None
 
@@ -250,9 +264,10 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         data = self.table(data, "<root>")
-        self.unknown(data, "", {"router", "providers", "limits", "log_content"})
+        self.unknown(data, "", {"router", "providers", "limits", "log_content", "telemetry"})
         router = self.router(data.get("router", {}))
         limits = self.limits(data.get("limits", {}))
+        telemetry = self.telemetry(data.get("telemetry", {}))
         providers: dict[str, ProviderConfig] = {}
         for name, table in self.table(data.get("providers", {}), "providers").items():
             providers[name] = self.provider(name, table)
@@ -261,6 +276,7 @@ class _Parser:
             router=router,
             providers=providers,
             limits=limits,
+            telemetry=telemetry,
             log_content=log_content,
             path=self.path,
         )
@@ -292,6 +308,11 @@ class _Parser:
         table = self.table(data, "limits")
         self.unknown(table, "limits", {f.name for f in fields(Limits)})
         return Limits(**{k: self.integer(v, f"limits.{k}", minimum=1) for k, v in table.items()})
+
+    def telemetry(self, data: Any) -> TelemetryConfig:
+        table = self.table(data, "telemetry")
+        self.unknown(table, "telemetry", {f.name for f in fields(TelemetryConfig)})
+        return TelemetryConfig(**{k: self.boolean(v, f"telemetry.{k}") for k, v in table.items()})
 
     def provider(self, name: str, data: Any) -> ProviderConfig:
         key = f"providers.{name}"

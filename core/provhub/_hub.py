@@ -25,6 +25,7 @@ from provhub._transport import Transport
 
 if TYPE_CHECKING:
     from provhub._aio import AsyncStream
+    from provhub.telemetry import Instrumentation
 
 __all__ = ["Hub"]
 
@@ -108,6 +109,9 @@ class Hub:
         # register() checks each provider created from config.
         self._create_configured_providers()
         self._check_provider_tables()
+        self._telemetry: Instrumentation | None = None
+        if self.config.telemetry.enabled:
+            self._instrument()
 
     # -- registration -----------------------------------------------------
 
@@ -407,6 +411,23 @@ class Hub:
         )
 
     # -- events -----------------------------------------------------------
+
+    @property
+    def telemetry(self) -> Instrumentation | None:
+        """The OpenTelemetry instrumentation of this hub, or None (SPEC §16)."""
+        return self._telemetry
+
+    def _instrument(self) -> None:
+        from provhub.telemetry import INSTALL_HINT, available, instrument
+
+        if not available():
+            raise ConfigError(
+                f"telemetry needs the OpenTelemetry API, which is not installed: "
+                f"{INSTALL_HINT} (or set enabled = false)",
+                path=self.config.path,
+                key="telemetry.enabled",
+            )
+        instrument(self)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Receive every event as a dict in-process; returns an unsubscribe function."""

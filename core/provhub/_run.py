@@ -286,8 +286,8 @@ class Run:
             )
         context = deps.call_context(info, timeouts, self.request_id, self.cancel_token)
         self._attempt_no = len(self.attempts) + 1
-        self._emit(DEBUG, "attempt.started")
         model = info.aliases.get(self.model, self.model)
+        self._emit(DEBUG, "attempt.started", upstream_model=model)
         started = time.monotonic()
         chunk_events = deps.emitter.enabled_for(DEBUG)
         items = self.items

@@ -1,0 +1,635 @@
+"""OpenTelemetry bridge (SPEC §16): span trees, attributes, context, redaction, lifecycle.
+
+Every request runs against real loopback upstreams (``FakeUpstream``); the spans
+are read from the OpenTelemetry SDK's in-memory exporter behind a
+``SimpleSpanProcessor``, so a span is exported the moment it ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import pytest
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
+from opentelemetry.trace import SpanKind, StatusCode
+
+import provhub.telemetry
+from provhub import AllProvidersFailedError, Hub, StreamInterruptedError
+from provhub.telemetry._spans import SpanBridge
+from provhub.testing import Behaviour, FakeUpstream, Fault, unused_port_url
+from provhub_providers import OpenAICompatible
+
+MakeHub = Callable[..., Hub]
+MESSAGES = [{"role": "user", "content": "Say hello"}]
+HELLO = Behaviour(tokens=("Hel", "lo", " there"))
+
+
+class Traces:
+    """A tracer provider exporting to memory, and the finished spans by role."""
+
+    def __init__(self, sampler: Any = None) -> None:
+        self.exporter = InMemorySpanExporter()
+        self.provider = TracerProvider() if sampler is None else TracerProvider(sampler=sampler)
+        self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+
+    def spans(self) -> tuple[ReadableSpan, ...]:
+        return self.exporter.get_finished_spans()
+
+    def requests(self) -> list[ReadableSpan]:
+        return [s for s in self.spans() if s.name.startswith("chat ")]
+
+    def request(self) -> ReadableSpan:
+        (span,) = self.requests()
+        return span
+
+    def attempts_of(self, request: ReadableSpan) -> list[ReadableSpan]:
+        found = [
+            s
+            for s in self.spans()
+            if s.parent is not None and s.parent.span_id == request.context.span_id
+        ]
+        return sorted(found, key=lambda s: s.attributes["provhub.attempt"])
+
+
+@pytest.fixture
+def traces() -> Iterator[Traces]:
+    found = Traces()
+    yield found
+    found.provider.shutdown()
+
+
+def endpoint(name: str, where: FakeUpstream | str, **kw: Any) -> OpenAICompatible:
+    url = where if isinstance(where, str) else where.base_url
+    return OpenAICompatible(name, url, ["gpt-4"], **kw)
+
+
+def instrumented(hub: Hub, traces: Traces) -> provhub.telemetry.Instrumentation:
+    return provhub.telemetry.instrument(hub, tracer_provider=traces.provider)
+
+
+# -- the span tree ------------------------------------------------------------------------
+
+
+def test_retry_then_fallback_gives_one_request_span_with_a_child_per_attempt(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream, second_upstream: FakeUpstream
+) -> None:
+    hub = make_hub(retries=1)
+    hub.register(endpoint("a", upstream))
+    hub.register(endpoint("b", second_upstream))
+    upstream.script(Behaviour(status=503), Behaviour(status=500))
+    second_upstream.script(HELLO)
+    instrumented(hub, traces)
+
+    stream = hub.stream("gpt-4", MESSAGES)
+    assert "".join(stream) == "Hello there"
+
+    request = traces.request()
+    assert request.name == "chat gpt-4"
+    assert request.kind is SpanKind.CLIENT
+    assert request.parent is None
+    assert request.status.status_code is StatusCode.UNSET
+    attrs = request.attributes
+    assert attrs["gen_ai.operation.name"] == "chat"
+    assert attrs["gen_ai.request.model"] == "gpt-4"
+    assert attrs["gen_ai.request.stream"] is True
+    assert attrs["gen_ai.provider.name"] == "b"
+    assert attrs["gen_ai.response.model"] == "gpt-4"
+    assert attrs["gen_ai.response.finish_reasons"] == ("stop",)
+    assert attrs["gen_ai.usage.input_tokens"] == 2  # the fake counts prompt words
+    assert attrs["gen_ai.usage.output_tokens"] == 3
+    assert attrs["gen_ai.response.time_to_first_chunk"] > 0
+    assert attrs["provhub.request_id"] == stream.request_id
+    assert attrs["provhub.candidates"] == ("a", "b")
+    assert attrs["provhub.outcome"] == "ok"
+    assert attrs["provhub.attempts"] == 3
+    assert "error.type" not in attrs
+    assert [e.name for e in request.events] == ["route.fallback", "stream.first_token"]
+    assert dict(request.events[0].attributes or {}) == {
+        "provhub.from_provider": "a",
+        "provhub.to_provider": "b",
+    }
+
+    attempts = traces.attempts_of(request)
+    assert [(s.name, s.attributes["provhub.attempt"]) for s in attempts] == [
+        ("attempt a", 1),
+        ("attempt a", 2),
+        ("attempt b", 3),
+    ]
+    assert all(s.kind is SpanKind.INTERNAL for s in attempts)
+    assert all(s.context.trace_id == request.context.trace_id for s in attempts)
+    first, second, third = attempts
+    for span, status in ((first, 503), (second, 500)):
+        assert span.status.status_code is StatusCode.ERROR
+        assert span.status.description == f"UpstreamHTTPError (HTTP {status})"
+        assert span.attributes["error.type"] == "UpstreamHTTPError"
+        assert span.attributes["http.response.status_code"] == status
+        assert span.attributes["provhub.retryable"] is True
+        assert span.attributes["gen_ai.provider.name"] == "a"
+    assert first.attributes["provhub.backoff_ms"] >= 0  # a retry on a followed
+    assert "provhub.backoff_ms" not in second.attributes  # a fallback followed
+    assert third.status.status_code is StatusCode.UNSET
+    assert "error.type" not in third.attributes
+    assert third.attributes["gen_ai.response.model"] == "gpt-4"
+    assert third.attributes["provhub.chunks"] == 3
+    # Usage only once per request: summing spans does not double-count tokens.
+    assert not any("gen_ai.usage.input_tokens" in s.attributes for s in attempts)
+    # The attempts lie inside the request, one after the other.
+    assert request.start_time <= first.start_time < first.end_time <= second.start_time
+    assert third.end_time <= request.end_time
+
+
+def test_exhausted_request_span_is_an_error_with_the_callers_error_type(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub(retries=0)
+    hub.register(endpoint("a", upstream))
+    hub.register(endpoint("dead", unused_port_url()))
+    upstream.script(Behaviour(status=429))
+    instrumented(hub, traces)
+
+    with pytest.raises(AllProvidersFailedError):
+        hub.complete("gpt-4", MESSAGES)
+
+    request = traces.request()
+    assert request.status.status_code is StatusCode.ERROR
+    assert request.status.description == "AllProvidersFailedError: 2 attempt(s) failed"
+    assert request.attributes["error.type"] == "AllProvidersFailedError"
+    assert request.attributes["provhub.outcome"] == "failed"
+    assert request.attributes["gen_ai.provider.name"] == "dead"  # the last one tried
+    assert request.attributes["gen_ai.request.stream"] is False
+    assert "gen_ai.response.time_to_first_chunk" not in request.attributes
+    a, dead = traces.attempts_of(request)
+    assert a.attributes["error.type"] == "UpstreamHTTPError"
+    assert a.attributes["http.response.status_code"] == 429
+    assert a.attributes["provhub.failure_kind"] == "rate_limited"
+    assert dead.attributes["error.type"] == "UpstreamConnectionError"
+    assert "http.response.status_code" not in dead.attributes
+    assert dead.status.status_code is StatusCode.ERROR
+
+
+def test_non_streamed_complete_records_no_time_to_first_chunk(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(HELLO)
+    instrumented(hub, traces)
+
+    assert hub.complete("gpt-4", MESSAGES).text == "Hello there"
+
+    request = traces.request()
+    assert request.attributes["gen_ai.request.stream"] is False
+    assert "gen_ai.response.time_to_first_chunk" not in request.attributes
+    (attempt,) = traces.attempts_of(request)
+    assert "gen_ai.response.time_to_first_chunk" not in attempt.attributes
+    assert request.attributes["gen_ai.usage.output_tokens"] == 3
+
+
+def test_interrupted_stream_ends_both_spans_as_errors(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream, second_upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    hub.register(endpoint("b", second_upstream))
+    upstream.script(
+        Behaviour(tokens=("one ", "two ", "three"), fault=Fault.DROP_MID_STREAM, fault_after=2)
+    )
+    instrumented(hub, traces)
+
+    stream = hub.stream("gpt-4", MESSAGES)
+    with pytest.raises(StreamInterruptedError):
+        for _ in stream:
+            pass
+
+    request = traces.request()
+    assert request.status.status_code is StatusCode.ERROR
+    assert request.attributes["error.type"] == "StreamInterruptedError"
+    assert request.attributes["provhub.outcome"] == "interrupted"
+    assert request.status.description.startswith("StreamInterruptedError: Upstream")
+    (attempt,) = traces.attempts_of(request)  # no fallback after tokens
+    assert attempt.status.status_code is StatusCode.ERROR
+    assert attempt.attributes["error.type"].startswith("Upstream")
+    assert attempt.attributes["provhub.chunks"] == 2
+    assert second_upstream.requests == []
+
+
+def test_alias_resolution_shows_as_the_response_model(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(OpenAICompatible("a", upstream.base_url, ["gpt-4"], aliases={"smart": "gpt-4"}))
+    upstream.script(HELLO)
+    instrumented(hub, traces)
+
+    hub.complete("smart", MESSAGES)
+
+    request = traces.request()
+    assert request.name == "chat smart"
+    assert request.attributes["gen_ai.request.model"] == "smart"
+    assert request.attributes["gen_ai.response.model"] == "gpt-4"
+    (attempt,) = traces.attempts_of(request)
+    assert attempt.attributes["provhub.upstream_model"] == "gpt-4"
+
+
+def test_well_known_provider_names_use_the_conventions_value(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("OpenAI", upstream))
+    upstream.script(HELLO)
+    instrumented(hub, traces)
+
+    hub.complete("gpt-4", MESSAGES)
+
+    request = traces.request()
+    assert request.attributes["gen_ai.provider.name"] == "openai"
+    assert request.attributes["provhub.provider"] == "OpenAI"
+
+
+# -- context propagation ------------------------------------------------------------------
+
+
+def test_request_span_is_a_child_of_the_callers_current_span(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(HELLO)
+    instrumented(hub, traces)
+    tracer = traces.provider.get_tracer("host")
+
+    with tracer.start_as_current_span("handler") as caller:
+        hub.complete("gpt-4", MESSAGES)
+
+    request = traces.request()
+    assert request.parent is not None
+    assert request.parent.span_id == caller.get_span_context().span_id
+    assert request.context.trace_id == caller.get_span_context().trace_id
+
+
+def test_astream_request_span_is_a_child_of_the_callers_span_across_the_worker_thread(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(HELLO)
+    threads: set[str] = set()
+    hub.subscribe(lambda event: threads.add(threading.current_thread().name))
+    instrumented(hub, traces)
+    tracer = traces.provider.get_tracer("host")
+
+    async def main() -> tuple[str, int]:
+        with tracer.start_as_current_span("async handler") as caller:
+            text = "".join([token async for token in hub.astream("gpt-4", MESSAGES)])
+            return text, caller.get_span_context().span_id
+
+    text, caller_id = asyncio.run(main())
+
+    assert text == "Hello there"
+    assert threads == {"provhub-astream"}  # the events came from the worker thread
+    request = traces.request()
+    assert request.parent is not None
+    assert request.parent.span_id == caller_id
+    (attempt,) = traces.attempts_of(request)
+    assert attempt.status.status_code is StatusCode.UNSET
+
+
+def test_acomplete_spans_follow_the_calling_task(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.default = HELLO
+    instrumented(hub, traces)
+    tracer = traces.provider.get_tracer("host")
+
+    async def one(name: str) -> int:
+        with tracer.start_as_current_span(name) as caller:
+            await hub.acomplete("gpt-4", MESSAGES)
+            return caller.get_span_context().span_id
+
+    async def main() -> list[int]:
+        return await asyncio.gather(*(one(f"task {n}") for n in range(4)))
+
+    callers = asyncio.run(main())
+
+    parents = sorted(s.parent.span_id for s in traces.requests() if s.parent is not None)
+    assert parents == sorted(callers)
+
+
+def test_concurrent_requests_from_many_threads_keep_their_own_trees(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.default = HELLO
+    handle = instrumented(hub, traces)
+    tracer = traces.provider.get_tracer("host")
+    callers: dict[str, int] = {}
+    lock = threading.Lock()
+
+    def worker(n: int) -> None:
+        for i in range(5):
+            with tracer.start_as_current_span(f"caller {n}.{i}") as caller:
+                stream = hub.stream("gpt-4", MESSAGES)
+                assert "".join(stream) == "Hello there"
+                with lock:
+                    callers[stream.request_id] = caller.get_span_context().span_id
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+
+    requests = traces.requests()
+    assert len(requests) == 40
+    for request in requests:
+        assert request.parent is not None
+        assert request.parent.span_id == callers[str(request.attributes["provhub.request_id"])]
+        (attempt,) = traces.attempts_of(request)
+        assert attempt.context.trace_id == request.context.trace_id
+    assert handle.spans.open_requests == 0
+
+
+# -- content and secrets ------------------------------------------------------------------
+
+
+PROMPT_SENTINEL = "PROMPT-SENTINEL-4b1d9e"
+KEY_SENTINEL = "sk-KEY-SENTINEL-0c77f2a9e1"
+KEY_ENV = "PROVHUB_TELEMETRY_TEST_KEY"
+
+
+def _exported_text(spans: Sequence[ReadableSpan]) -> str:
+    """Everything a span exporter would ship, as one string to search."""
+    return "\n".join(span.to_json() for span in spans)
+
+
+@pytest.mark.parametrize("log_content", [False, True], ids=["default", "log_content"])
+def test_no_prompt_and_never_the_key_in_any_exported_span(
+    traces: Traces,
+    upstream: FakeUpstream,
+    second_upstream: FakeUpstream,
+    monkeypatch: pytest.MonkeyPatch,
+    log_content: bool,
+) -> None:
+    from tests.conftest import make_config
+
+    monkeypatch.setenv(KEY_ENV, KEY_SENTINEL)
+    hub = Hub(make_config(retries=0), load_plugins=False, log_content=log_content)
+    hub.register(endpoint("a", upstream, api_key_env=KEY_ENV))
+    hub.register(endpoint("b", second_upstream, api_key_env=KEY_ENV))
+    # A hostile upstream quoting the key and the prompt back: in an HTTP error body,
+    # and in an error object inside a stream (which becomes the event's ``error``).
+    echo = json.dumps({"error": {"message": f"bad key {KEY_SENTINEL} for {PROMPT_SENTINEL}"}})
+    upstream.script(
+        Behaviour(status=401, body=echo.encode()),
+        Behaviour(body=f"data: {echo}\n\n".encode(), content_type="text/event-stream"),
+    )
+    second_upstream.script(Behaviour(tokens=("a", "b"), fault=Fault.ERROR_OBJECT, fault_after=1))
+    instrumented(hub, traces)
+    messages = [{"role": "user", "content": f"what is {PROMPT_SENTINEL}?"}]
+
+    with pytest.raises(StreamInterruptedError):
+        list(hub.stream("gpt-4", messages))
+    second_upstream.script(HELLO)
+    assert "".join(hub.stream("gpt-4", messages)) == "Hello there"
+    hub.close()
+
+    spans = traces.spans()
+    assert len(traces.requests()) == 2
+    assert len(spans) == 6
+    exported = _exported_text(spans)
+    assert KEY_SENTINEL not in exported
+    assert KEY_SENTINEL[3:] not in exported  # nor the key without its prefix
+    if log_content:
+        (first, _) = traces.requests()
+        messages_attr = json.loads(str(first.attributes["gen_ai.input.messages"]))
+        assert messages_attr == [
+            {"role": "user", "parts": [{"type": "text", "content": messages[0]["content"]}]}
+        ]
+        # The upstream's message is in the description, with the key masked.
+        (_, second) = traces.requests()
+        (echoed, _) = traces.attempts_of(second)
+        assert f"bad key *** for {PROMPT_SENTINEL}" in (echoed.status.description or "")
+    else:
+        assert PROMPT_SENTINEL not in exported
+        assert "gen_ai.input.messages" not in exported
+
+
+# -- lifecycle ----------------------------------------------------------------------------
+
+
+def test_uninstrument_stops_exporting_and_the_hub_can_be_instrumented_again(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.default = HELLO
+    handle = instrumented(hub, traces)
+    assert hub.telemetry is handle
+    with pytest.raises(RuntimeError, match="already instrumented"):
+        instrumented(hub, traces)
+
+    hub.complete("gpt-4", MESSAGES)
+    assert len(traces.requests()) == 1
+    handle.uninstrument()
+    handle.uninstrument()  # idempotent
+    assert hub.telemetry is None
+    assert not handle.active
+    hub.complete("gpt-4", MESSAGES)
+    assert len(traces.requests()) == 1
+
+    with instrumented(hub, traces):
+        hub.complete("gpt-4", MESSAGES)
+    assert len(traces.requests()) == 2
+    hub.complete("gpt-4", MESSAGES)
+    assert len(traces.requests()) == 2
+
+
+def test_uninstrument_mid_request_ends_the_open_spans_as_abandoned(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(HELLO)
+    handle = instrumented(hub, traces)
+
+    stream = hub.stream("gpt-4", MESSAGES)
+    assert next(iter(stream)) == "Hel"
+    handle.uninstrument()
+    assert "".join(stream) == "lo there"
+
+    request = traces.request()
+    assert request.attributes["provhub.outcome"] == "abandoned"
+    assert request.attributes["error.type"] == "abandoned"
+    (attempt,) = traces.attempts_of(request)
+    assert attempt.attributes["error.type"] == "abandoned"
+
+
+def test_request_begun_before_instrument_gets_no_span_and_breaks_nothing(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(HELLO)
+
+    stream = hub.stream("gpt-4", MESSAGES)
+    assert next(iter(stream)) == "Hel"
+    handle = instrumented(hub, traces)
+    assert "".join(stream) == "lo there"
+
+    assert traces.spans() == ()
+    assert handle.spans.open_requests == 0
+
+
+def test_sampled_out_requests_keep_no_state(make_hub: MakeHub, upstream: FakeUpstream) -> None:
+    traces = Traces(sampler=ALWAYS_OFF)
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.default = HELLO
+    handle = instrumented(hub, traces)
+
+    stream = hub.stream("gpt-4", MESSAGES)
+    next(iter(stream))
+    assert handle.spans.open_requests == 0
+    stream.close()
+    hub.complete("gpt-4", MESSAGES)
+
+    assert traces.spans() == ()
+
+
+def test_a_request_without_closing_event_is_ended_as_abandoned_after_stale_after(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    now = [1000.0]
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.default = HELLO
+    bridge = SpanBridge(
+        traces.provider.get_tracer("provhub"), stale_after=60.0, clock=lambda: now[0]
+    )
+    hub.subscribe(bridge)
+
+    held = hub.stream("gpt-4", MESSAGES)
+    assert next(iter(held)) == "Hel"  # held open, never finished
+    now[0] += 61.0
+    hub.complete("gpt-4", MESSAGES)  # its route.planned sweeps
+
+    outcomes = sorted(str(s.attributes["provhub.outcome"]) for s in traces.requests())
+    assert outcomes == ["abandoned", "ok"]
+    assert bridge.open_requests == 0
+    assert "".join(held) == "lo there"  # the late events of the swept request are ignored
+    assert len(traces.requests()) == 2
+
+
+# -- installation and the config switch ---------------------------------------------------
+
+
+def _python(code: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, **env},
+    )
+
+
+def test_instrument_without_opentelemetry_says_how_to_install_it() -> None:
+    result = _python(
+        """
+        import sys
+        sys.modules["opentelemetry"] = None  # as if the otel extra were not installed
+        import provhub, provhub.telemetry
+        assert not provhub.telemetry.available()
+        hub = provhub.Hub(load_plugins=False)
+        try:
+            provhub.telemetry.instrument(hub)
+        except ImportError as exc:
+            print(exc)
+        """,
+        PROVHUB_CONFIG="",
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == (
+        "provhub.telemetry needs the OpenTelemetry API, which is not installed: "
+        "pip install 'provhub[otel]'"
+    )
+
+
+def test_config_switch_without_opentelemetry_is_a_one_line_config_error(
+    tmp_path: Any,
+) -> None:
+    config = tmp_path / "provhub.toml"
+    config.write_text("[telemetry]\nenabled = true\n")
+    result = _python(
+        """
+        import sys
+        sys.modules["opentelemetry"] = None
+        import provhub
+        try:
+            provhub.Hub(load_plugins=False)
+        except provhub.ConfigError as exc:
+            print(exc)
+        """,
+        PROVHUB_CONFIG=str(config),
+    )
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.strip().splitlines()
+    assert len(lines) == 1
+    assert "telemetry.enabled" in lines[0]
+    assert "pip install 'provhub[otel]'" in lines[0]
+
+
+def test_config_switch_instruments_the_hub_with_the_global_providers(
+    tmp_path: Any, upstream: FakeUpstream
+) -> None:
+    config = tmp_path / "provhub.toml"
+    config.write_text(
+        textwrap.dedent(
+            f"""
+            [telemetry]
+            enabled = true
+
+            [providers.fake]
+            type = "openai-compatible"
+            base_url = "{upstream.base_url}"
+            models = ["fake-model"]
+            """
+        )
+    )
+    upstream.default = HELLO
+    result = _python(
+        """
+        import json
+        from opentelemetry import trace
+        from opentelemetry.sdk.trace import TracerProvider
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+        import provhub
+
+        hub = provhub.Hub()  # before the SDK: the global proxy follows it
+        exporter = InMemorySpanExporter()
+        provider = TracerProvider()
+        provider.add_span_processor(SimpleSpanProcessor(exporter))
+        trace.set_tracer_provider(provider)
+        assert hub.telemetry is not None and hub.telemetry.active
+        hub.complete("fake-model", [{"role": "user", "content": "hi"}])
+        print(json.dumps(sorted(s.name for s in exporter.get_finished_spans())))
+        """,
+        PROVHUB_CONFIG=str(config),
+    )
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == ["attempt fake", "chat fake-model"]
