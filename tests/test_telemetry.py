@@ -110,11 +110,10 @@ def test_retry_then_fallback_gives_one_request_span_with_a_child_per_attempt(
     assert attrs["gen_ai.usage.output_tokens"] == 3
     assert attrs["gen_ai.response.time_to_first_chunk"] > 0
     assert attrs["provhub.request_id"] == stream.request_id
-    assert attrs["provhub.candidates"] == ("a", "b")
     assert attrs["provhub.outcome"] == "ok"
     assert attrs["provhub.attempts"] == 3
     assert "error.type" not in attrs
-    assert [e.name for e in request.events] == ["route.fallback", "stream.first_token"]
+    assert [e.name for e in request.events] == ["route.fallback"]
     assert dict(request.events[0].attributes or {}) == {
         "provhub.from_provider": "a",
         "provhub.to_provider": "b",
@@ -140,10 +139,10 @@ def test_retry_then_fallback_gives_one_request_span_with_a_child_per_attempt(
     assert "provhub.backoff_ms" not in second.attributes  # a fallback followed
     assert third.status.status_code is StatusCode.UNSET
     assert "error.type" not in third.attributes
-    assert third.attributes["gen_ai.response.model"] == "gpt-4"
-    assert third.attributes["provhub.chunks"] == 3
+    assert dict(third.attributes) == {"gen_ai.provider.name": "b", "provhub.attempt": 3}
     # Usage only once per request: summing spans does not double-count tokens.
     assert not any("gen_ai.usage.input_tokens" in s.attributes for s in attempts)
+    assert "provhub.provider" not in attrs  # only where the conventions' name differs
     # The attempts lie inside the request, one after the other.
     assert request.start_time <= first.start_time < first.end_time <= second.start_time
     assert third.end_time <= request.end_time
@@ -238,8 +237,6 @@ def test_alias_resolution_shows_as_the_response_model(
     assert request.name == "chat smart"
     assert request.attributes["gen_ai.request.model"] == "smart"
     assert request.attributes["gen_ai.response.model"] == "gpt-4"
-    (attempt,) = traces.attempts_of(request)
-    assert attempt.attributes["provhub.upstream_model"] == "gpt-4"
 
 
 def test_well_known_provider_names_use_the_conventions_value(

@@ -37,13 +37,19 @@ ABANDONED = "abandoned"
 
 
 class _Request:
-    """The live spans of one request and what its closing attributes need."""
+    """The live spans of one request and the attributes they end with.
+
+    Attributes are collected in plain dicts and handed to the SDK once, when a
+    span ends: each ``set_attribute`` call takes the span's lock and validates
+    the value, and that, not the span itself, is most of the SDK's price.
+    """
 
     __slots__ = (
         "attempt",
+        "attempt_attrs",
         "attempts",
+        "attrs",
         "interrupted",
-        "model",
         "span",
         "started",
         "stream",
@@ -51,17 +57,30 @@ class _Request:
         "upstream_model",
     )
 
-    def __init__(self, span: Span, model: str, stream: bool, started: float) -> None:
+    def __init__(self, span: Span, stream: bool, started: float, attrs: dict[str, Any]) -> None:
         self.span = span
-        self.model = model
         self.stream = stream
         self.started = started
+        self.attrs = attrs
         self.attempt: Span | None = None
+        self.attempt_attrs: dict[str, Any] = {}
         self.attempts = 0
         self.ttft: float | None = None
         self.upstream_model: str | None = None
         # Set by stream.interrupted: the attempt.failed that follows closes both spans.
         self.interrupted = False
+
+    def end_attempt(self, status: Status | None = None) -> None:
+        attempt = self.attempt
+        if attempt is None:
+            return
+        self.attempt = None
+        if self.attempt_attrs:
+            attempt.set_attributes(self.attempt_attrs)
+            self.attempt_attrs = {}
+        if status is not None:
+            attempt.set_status(status)
+        attempt.end()
 
 
 class SpanBridge:
@@ -137,30 +156,25 @@ class SpanBridge:
         model = event.get("model")
         if not isinstance(request_id, str) or not isinstance(model, str):
             return
-        stream = event.get("stream") is True
-        attributes: dict[str, Any] = {
-            sc.OPERATION_NAME: sc.OPERATION,
-            sc.REQUEST_MODEL: model,
-            sc.REQUEST_STREAM: stream,
-            "provhub.request_id": request_id,
-        }
         # No context argument: the parent is the current span of the thread (and
-        # contextvars) emitting the event, which is the caller's.
+        # contextvars) emitting the event, which is the caller's. The attributes a
+        # sampler may look at are given at creation, the rest when the span ends.
         span = self._tracer.start_span(
-            f"{sc.OPERATION} {model}", kind=SpanKind.CLIENT, attributes=attributes
+            f"{sc.OPERATION} {model}",
+            kind=SpanKind.CLIENT,
+            attributes={sc.OPERATION_NAME: sc.OPERATION, sc.REQUEST_MODEL: model},
         )
         if not span.is_recording():
             return  # sampled out, or the API without an SDK: nothing to keep
-        candidates = event.get("candidates")
-        if isinstance(candidates, list):
-            span.set_attribute("provhub.candidates", [str(c) for c in candidates])
+        stream = event.get("stream") is True
+        attrs: dict[str, Any] = {sc.REQUEST_STREAM: stream, "provhub.request_id": request_id}
         if self._log_content:
             messages = event.get("messages")
             if isinstance(messages, list):
-                span.set_attribute(sc.INPUT_MESSAGES, _input_messages(messages))
+                attrs[sc.INPUT_MESSAGES] = _input_messages(messages)
         now = self._clock()
         with self._lock:
-            self._requests[request_id] = _Request(span, model, stream, now)
+            self._requests[request_id] = _Request(span, stream, now, attrs)
             sweep = now >= self._next_sweep
         if sweep:
             self._sweep(now)
@@ -176,26 +190,28 @@ class SpanBridge:
         with self._lock:
             if self._requests.pop(str(event.get("request_id")), None) is None:
                 return  # ended already
-        span = request.span
-        span.set_attribute("provhub.outcome", outcome)
-        span.set_attribute("provhub.attempts", request.attempts)
+        attrs = request.attrs
+        attrs["provhub.outcome"] = outcome
+        attrs["provhub.attempts"] = request.attempts
         provider = event.get("provider")
         if isinstance(provider, str):
-            span.set_attribute(sc.PROVIDER_NAME, sc.provider_name(provider))
-            span.set_attribute("provhub.provider", provider)
+            _set_provider(attrs, provider)
         if error_type is not None:
-            span.set_attribute(sc.ERROR_TYPE, error_type)
+            attrs[sc.ERROR_TYPE] = error_type
+        span = request.span
+        span.set_attributes(attrs)
         if description is not None:
             span.set_status(Status(StatusCode.ERROR, description))
         span.end()
 
     def _end_abandoned(self, request: _Request) -> None:
-        if request.attempt is not None:
-            request.attempt.set_attribute(sc.ERROR_TYPE, ABANDONED)
-            request.attempt.end()
-        request.span.set_attribute("provhub.outcome", ABANDONED)
-        request.span.set_attribute(sc.ERROR_TYPE, ABANDONED)
-        request.span.set_attribute("provhub.attempts", request.attempts)
+        request.attempt_attrs[sc.ERROR_TYPE] = ABANDONED
+        request.end_attempt()
+        attrs = request.attrs
+        attrs["provhub.outcome"] = ABANDONED
+        attrs[sc.ERROR_TYPE] = ABANDONED
+        attrs["provhub.attempts"] = request.attempts
+        request.span.set_attributes(attrs)
         request.span.end()
 
     def _sweep(self, now: float) -> None:
@@ -213,19 +229,12 @@ class SpanBridge:
         provider = event.get("provider")
         if not isinstance(provider, str):
             return
-        if request.attempt is not None:  # never left open by the run; be safe
-            request.attempt.end()
+        request.end_attempt()  # never left open by the run; be safe
         request.attempts += 1
-        attributes: dict[str, Any] = {
-            sc.PROVIDER_NAME: sc.provider_name(provider),
-            sc.REQUEST_MODEL: request.model,
-            "provhub.provider": provider,
-            "provhub.attempt": event.get("attempt") or request.attempts,
-        }
+        attributes: dict[str, Any] = {"provhub.attempt": event.get("attempt") or request.attempts}
+        _set_provider(attributes, provider)
         upstream_model = event.get("upstream_model")
         request.upstream_model = upstream_model if isinstance(upstream_model, str) else None
-        if request.upstream_model is not None:
-            attributes["provhub.upstream_model"] = upstream_model
         request.attempt = self._tracer.start_span(
             f"attempt {provider}",
             context=trace.set_span_in_context(request.span),
@@ -234,78 +243,53 @@ class SpanBridge:
         )
 
     def _first_token(self, request: _Request, event: Mapping[str, Any]) -> None:
-        if request.ttft is not None:
-            return
-        request.ttft = ttft = self._clock() - request.started
-        if request.stream:
-            request.span.set_attribute(sc.RESPONSE_TTFC, ttft)
-        attributes: dict[str, Any] = {"provhub.provider": str(event.get("provider"))}
-        ttft_ms = event.get("ttft_ms")
-        if isinstance(ttft_ms, int | float):
-            attributes["provhub.attempt_ttft_ms"] = ttft_ms
-        request.span.add_event("stream.first_token", attributes)
+        if request.ttft is None:
+            request.ttft = ttft = self._clock() - request.started
+            if request.stream:
+                request.attrs[sc.RESPONSE_TTFC] = ttft
 
     def _completed(self, request: _Request, event: Mapping[str, Any]) -> None:
-        attempt = request.attempt
-        request.attempt = None
-        usage = event.get("usage")
+        request.end_attempt()
+        attrs = request.attrs
+        if request.upstream_model is not None:
+            attrs[sc.RESPONSE_MODEL] = request.upstream_model
         finish = event.get("finish_reason")
-        model = request.upstream_model
-        for span in (request.span, attempt):
-            if span is None:
-                continue
-            if isinstance(model, str):
-                span.set_attribute(sc.RESPONSE_MODEL, model)
-            if isinstance(finish, str):
-                span.set_attribute(sc.RESPONSE_FINISH_REASONS, [finish])
-        if attempt is not None:
-            ttft_ms = event.get("ttft_ms")
-            if isinstance(ttft_ms, int | float) and request.stream:
-                attempt.set_attribute(sc.RESPONSE_TTFC, ttft_ms / 1000)
-            attempt.set_attribute("provhub.chunks", _int(event.get("chunks")) or 0)
-            attempt.end()
+        if isinstance(finish, str):
+            attrs[sc.RESPONSE_FINISH_REASONS] = (finish,)
+        usage = event.get("usage")
         if isinstance(usage, Mapping):
             # Usage only on the request span: summing tokens over spans counts each once.
-            span = request.span
-            for key, attribute in (
-                ("prompt_tokens", sc.USAGE_INPUT),
-                ("completion_tokens", sc.USAGE_OUTPUT),
-                ("cached_tokens", sc.USAGE_CACHE_READ),
-                ("reasoning_tokens", sc.USAGE_REASONING),
-            ):
+            for key, attribute in _USAGE:
                 count = _int(usage.get(key))
                 if count is not None:
-                    span.set_attribute(attribute, count)
+                    attrs[attribute] = count
             cost = usage.get("cost")
             if isinstance(cost, int | float) and not isinstance(cost, bool):
-                span.set_attribute("provhub.usage.cost", float(cost))
+                attrs["provhub.usage.cost"] = float(cost)
         tool_calls = _int(event.get("tool_calls"))
         if tool_calls:
-            request.span.set_attribute("provhub.tool_calls", tool_calls)
+            attrs["provhub.tool_calls"] = tool_calls
         self._finish(event, request, "ok", None)
 
     def _attempt_failed(self, request: _Request, event: Mapping[str, Any]) -> None:
-        attempt = request.attempt
-        request.attempt = None
         error_type = str(event.get("error_type") or "_OTHER")
         status = _int(event.get("status"))
-        if attempt is not None:
-            attempt.set_attribute(sc.ERROR_TYPE, error_type)
+        if request.attempt is not None:
+            attrs = request.attempt_attrs
+            attrs[sc.ERROR_TYPE] = error_type
             if status is not None:
-                attempt.set_attribute(sc.HTTP_STATUS, status)
+                attrs[sc.HTTP_STATUS] = status
             retryable = event.get("retryable")
             if isinstance(retryable, bool):
-                attempt.set_attribute("provhub.retryable", retryable)
+                attrs["provhub.retryable"] = retryable
             backoff = event.get("backoff_ms")
             if isinstance(backoff, int | float):
-                attempt.set_attribute("provhub.backoff_ms", backoff)
+                attrs["provhub.backoff_ms"] = backoff
             kind = event.get("kind")
             if isinstance(kind, str):
-                attempt.set_attribute("provhub.failure_kind", kind)
-            attempt.set_status(
-                Status(StatusCode.ERROR, self._describe(error_type, status, event.get("error")))
-            )
-            attempt.end()
+                attrs["provhub.failure_kind"] = kind
+            description = self._describe(error_type, status, event.get("error"))
+            request.end_attempt(Status(StatusCode.ERROR, description))
         if request.interrupted:
             self._finish(
                 event,
@@ -325,26 +309,23 @@ class SpanBridge:
     # -- other endings and milestones ------------------------------------------
 
     def _exhausted(self, request: _Request, event: Mapping[str, Any]) -> None:
-        if request.attempt is not None:
-            request.attempt.end()
-            request.attempt = None
+        request.end_attempt()
         attempts = _int(event.get("attempts")) or 0
         self._finish(event, request, "failed", FAILED, f"{FAILED}: {attempts} attempt(s) failed")
 
     def _interrupted(self, request: _Request, event: Mapping[str, Any]) -> None:
         request.interrupted = True
-        span = request.attempt or request.span
-        span.set_attribute("provhub.chunks", _int(event.get("chunks")) or 0)
-        if request.attempt is None:  # no attempt.failed will close it: close now
+        chunks = _int(event.get("chunks")) or 0
+        if request.attempt is not None:
+            request.attempt_attrs["provhub.chunks"] = chunks
+        else:  # no attempt.failed will close the request: close it now
+            request.attrs["provhub.chunks"] = chunks
             self._finish(event, request, "interrupted", INTERRUPTED, INTERRUPTED)
 
     def _cancelled(self, request: _Request, event: Mapping[str, Any]) -> None:
-        attempt = request.attempt
-        request.attempt = None
-        if attempt is not None:
-            attempt.set_attribute(sc.ERROR_TYPE, CANCELLED)
-            attempt.set_attribute("provhub.chunks", _int(event.get("chunks")) or 0)
-            attempt.end()
+        request.attempt_attrs[sc.ERROR_TYPE] = CANCELLED
+        request.attempt_attrs["provhub.chunks"] = _int(event.get("chunks")) or 0
+        request.end_attempt()
         # The caller chose to stop: not a failure of the operation (status stays unset).
         self._finish(event, request, "cancelled", CANCELLED)
 
@@ -361,6 +342,21 @@ class SpanBridge:
         request.span.add_event(
             str(event.get("event")), {"provhub.provider": str(event.get("provider"))}
         )
+
+
+_USAGE = (
+    ("prompt_tokens", sc.USAGE_INPUT),
+    ("completion_tokens", sc.USAGE_OUTPUT),
+    ("cached_tokens", sc.USAGE_CACHE_READ),
+    ("reasoning_tokens", sc.USAGE_REASONING),
+)
+
+
+def _set_provider(attrs: dict[str, Any], provider: str) -> None:
+    name = sc.provider_name(provider)
+    attrs[sc.PROVIDER_NAME] = name
+    if name != provider:  # the registered name, where the conventions' value differs
+        attrs["provhub.provider"] = provider
 
 
 def _int(value: Any) -> int | None:
