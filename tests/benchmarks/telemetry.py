@@ -127,9 +127,7 @@ class States:
         self._switch(True)
 
     def sdk(self) -> None:
-        self._switch(
-            True, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider
-        )
+        self._switch(True, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
 
     def close(self) -> None:
         self._switch(False)
@@ -162,14 +160,12 @@ def _workload(hub: Hub, requests: int, rounds: int) -> dict[str, Any]:
         rounds,
     )
     states.close()
-    sdk_requests = requests * (rounds + 1) + max(50, requests // 4)
+    sdk_requests = requests * rounds + max(50, requests // 4)
     return {
         "requests_per_block": requests,
         "us_per_request": {name: median(values) for name, values in results.items()},
         "rounds_us_per_request": results,
-        "added_us": {
-            name: paired_difference(results, name, "plain") for name in ("noop", "sdk")
-        },
+        "added_us": {name: paired_difference(results, name, "plain") for name in ("noop", "sdk")},
         "ratio": {name: paired_ratio(results, name, "plain") for name in ("noop", "sdk")},
         "spans_exported": states.spans.spans,
         "spans_expected": 2 * sdk_requests,
@@ -215,7 +211,8 @@ def main(argv: list[str] | None = None) -> int:
         report["profile"] = _profile(machinery, requests * 10)
 
     print(f"provhub telemetry overhead, {rounds} interleaved rounds (medians of paired rounds)")
-    print(f"{'workload':<10} {'plain us':>9} {'noop +us':>9} {'ratio':>6} {'sdk +us':>8} {'ratio':>6}")
+    header = ("workload", "plain us", "noop +us", "ratio", "sdk +us", "ratio")
+    print("{:<10} {:>9} {:>9} {:>6} {:>8} {:>6}".format(*header))
     for name in ("loopback", "no_io"):
         r = report[name]
         print(
