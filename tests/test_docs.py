@@ -41,6 +41,7 @@ GUIDES = (
     "testing.md",
     "configuration.md",
     "errors.md",
+    "telemetry.md",
 )
 
 
