@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -630,3 +632,90 @@ def test_config_switch_instruments_the_hub_with_the_global_providers(
     )
     assert result.returncode == 0, result.stderr
     assert json.loads(result.stdout) == ["attempt fake", "chat fake-model"]
+
+
+# -- hostile event streams ----------------------------------------------------------------
+
+_NAMES = (
+    "route.planned",
+    "attempt.started",
+    "stream.first_token",
+    "stream.completed",
+    "attempt.failed",
+    "route.fallback",
+    "route.exhausted",
+    "stream.interrupted",
+    "stream.cancelled",
+    "circuit.opened",
+    "circuit.closed",
+    "plugin.loaded",
+    None,
+)
+_ANY = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-5, 10**12),
+    st.floats(allow_nan=True),
+    st.text(max_size=8),
+    st.lists(st.integers(), max_size=3),
+    st.dictionaries(st.sampled_from(["prompt_tokens", "cost", "x"]), st.integers(), max_size=3),
+)
+_FIELDS = (
+    "attempt",
+    "stream",
+    "status",
+    "error_type",
+    "error",
+    "retryable",
+    "backoff_ms",
+    "kind",
+    "usage",
+    "finish_reason",
+    "ttft_ms",
+    "chunks",
+    "attempts",
+    "upstream_model",
+    "messages",
+)
+_EVENT = st.fixed_dictionaries(
+    {
+        "event": st.sampled_from(_NAMES),
+        "request_id": st.one_of(st.sampled_from(["r0", "r1", "r2"]), _ANY),
+    },
+    optional={
+        **dict.fromkeys(_FIELDS, _ANY),
+        "model": st.one_of(st.sampled_from(["gpt-4", "m"]), _ANY),
+        "provider": st.one_of(st.sampled_from(["a", "OpenAI"]), _ANY),
+    },
+)
+
+
+@settings(suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(events=st.lists(_EVENT, max_size=40), log_content=st.booleans())
+def test_any_event_sequence_never_raises_and_ends_every_span_once(
+    traces: Traces, events: list[dict[str, Any]], log_content: bool
+) -> None:
+    traces.exporter.clear()
+    bridge = SpanBridge(traces.provider.get_tracer("provhub"), log_content=log_content)
+    for event in events:
+        bridge(event)
+    bridge.close()
+
+    assert bridge.open_requests == 0
+    spans = traces.spans()
+    ids = [s.context.span_id for s in spans]
+    assert len(ids) == len(set(ids))  # exported once: ended once
+    requests = {s.context.span_id for s in spans if s.name.startswith("chat ")}
+    for span in spans:
+        if not span.name.startswith("chat "):
+            assert span.parent is not None
+            assert span.parent.span_id in requests
+    for span in spans:
+        if span.name.startswith("chat "):
+            assert span.attributes["provhub.outcome"] in {
+                "ok",
+                "failed",
+                "interrupted",
+                "cancelled",
+                "abandoned",
+            }

@@ -135,9 +135,10 @@ class SpanBridge:
             self._planned(event)
             return
         handler = self._handlers.get(name)  # type: ignore[arg-type]
-        if handler is None:
+        request_id = event.get("request_id")
+        if handler is None or type(request_id) is not str:
             return
-        request = self._requests.get(event.get("request_id"))  # type: ignore[arg-type]
+        request = self._requests.get(request_id)
         if request is not None:
             handler(request, event)
 
@@ -156,6 +157,8 @@ class SpanBridge:
         model = event.get("model")
         if not isinstance(request_id, str) or not isinstance(model, str):
             return
+        if request_id in self._requests:
+            return  # a repeated route.planned: the request's span is already open
         # No context argument: the parent is the current span of the thread (and
         # contextvars) emitting the event, which is the caller's. The attributes a
         # sampler may look at are given at creation, the rest when the span ends.
