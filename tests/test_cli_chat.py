@@ -486,3 +486,328 @@ def test_demo_chat_falls_back_and_json_events_tell_the_story(
     assert completed["finish_reason"] == "stop"
     assert SENTINEL not in result.stderr
     assert len(second_upstream.requests) == 1
+
+
+# -- chat: --json, tools, structured output ---------------------------------------------------
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "The weather in a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    }
+]
+
+
+def sse_body(*deltas: Mapping[str, Any], finish_reason: str = "stop") -> bytes:
+    """A raw chat-completions event stream carrying ``deltas``, then the finish."""
+
+    def event(delta: Mapping[str, Any], finish: str | None = None) -> str:
+        chunk = {
+            "id": "chatcmpl-1",
+            "object": "chat.completion.chunk",
+            "created": 0,
+            "model": "gpt-4",
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+        }
+        return f"data: {json.dumps(chunk)}\n\n"
+
+    text = event({"role": "assistant"}) + "".join(event(d) for d in deltas)
+    return (text + event({}, finish_reason) + "data: [DONE]\n\n").encode()
+
+
+TOOL_CALL_STREAM = sse_body(
+    {"content": "Let me look."},
+    {
+        "tool_calls": [
+            {
+                "index": 0,
+                "id": "call_1",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": ""},
+            }
+        ]
+    },
+    {"tool_calls": [{"index": 0, "function": {"arguments": '{"city": '}}]},
+    {"tool_calls": [{"index": 0, "function": {"arguments": '"Paris"}'}}]},
+    finish_reason="tool_calls",
+)
+
+
+def tools_config(tmp_path: Path, upstream: FakeUpstream, **tables: Any) -> Path:
+    return write_config(
+        tmp_path / "provhub.toml",
+        endpoints={
+            "api": {"url": upstream.base_url, "capabilities": ["tools", "structured_output"]},
+            **tables,
+        },
+    )
+
+
+def test_chat_json_prints_one_object_with_the_whole_record(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", endpoints={"api": upstream.base_url})
+    upstream.script(Behaviour(status=500), HELLO)
+    result = provhub_cli("chat", "-m", "gpt-4", "--json", "hi", config=config)
+    assert result.returncode == 0, result.stderr
+    (line,) = result.stdout.splitlines()
+    data = json.loads(line)
+    assert set(data) == {
+        "text",
+        "provider",
+        "model",
+        "finish_reason",
+        "usage",
+        "attempts",
+        "tool_calls",
+        "reasoning",
+        "refusal",
+        "request_id",
+    }
+    assert (data["text"], data["provider"], data["model"]) == ("Hello there", "api", "gpt-4")
+    assert data["finish_reason"] == "stop"
+    assert data["usage"] == {"prompt_tokens": 1, "completion_tokens": 3, "total_tokens": 4}
+    assert [(a["number"], a["ok"], a["status"]) for a in data["attempts"]] == [
+        (1, False, 500),
+        (2, True, None),
+    ]
+    assert (data["tool_calls"], data["reasoning"], data["refusal"]) == ([], None, None)
+    assert len(data["request_id"]) == 16
+
+
+def test_chat_json_on_failure_prints_an_error_object_and_the_line(
+    provhub_cli: Run, tmp_path: Path
+) -> None:
+    config = write_config(tmp_path / "provhub.toml", endpoints={"api": unused_port_url()})
+    result = provhub_cli("chat", "-m", "gpt-4", "--json", "hi", config=config)
+    assert result.returncode == 4
+    error = json.loads(result.stdout)["error"]
+    assert error["type"] == "AllProvidersFailedError"
+    assert error["exit_code"] == 4
+    assert [a["error_type"] for a in error["attempts"]] == ["UpstreamConnectionError"] * 2
+    assert_one_line_error(result.stderr)
+    assert f"provhub: error: {error['message']}" in result.stderr
+
+
+def test_chat_tools_are_sent_and_the_tool_call_printed_after_the_text(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps(TOOLS))
+    upstream.script(Behaviour(body=TOOL_CALL_STREAM, content_type="text/event-stream"))
+    config = tools_config(tmp_path, upstream)
+    result = provhub_cli("chat", "-m", "gpt-4", "--tools", str(tools), "weather?", config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == ('Let me look.\ntool call get_weather(city="Paris") [id call_1]\n')
+    assert upstream.requests[0].json["tools"] == TOOLS
+
+
+def test_chat_tool_calls_in_json_and_without_streaming(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    tools = tmp_path / "tools.json"
+    # A bare function, as many docs write it, is wrapped the way the API wants.
+    tools.write_text(json.dumps([TOOLS[0]["function"]]))
+    answer = {
+        "id": "chatcmpl-1",
+        "object": "chat.completion",
+        "created": 0,
+        "model": "gpt-4",
+        "choices": [
+            {
+                "index": 0,
+                "finish_reason": "tool_calls",
+                "message": {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_7",
+                            "type": "function",
+                            "function": {"name": "get_weather", "arguments": '{"city": "Oslo"}'},
+                        }
+                    ],
+                },
+            }
+        ],
+    }
+    upstream.default = Behaviour(body=json.dumps(answer).encode())
+    config = tools_config(tmp_path, upstream)
+    plain = provhub_cli(
+        "chat", "-m", "gpt-4", "--no-stream", "--tools", str(tools), "w?", config=config
+    )
+    assert plain.returncode == 0, plain.stderr
+    assert plain.stdout == 'tool call get_weather(city="Oslo") [id call_7]\n'
+    assert upstream.requests[0].json["tools"] == TOOLS
+    as_json = provhub_cli(
+        "chat", "-m", "gpt-4", "--no-stream", "--json", "--tools", str(tools), "w?", config=config
+    )
+    data = json.loads(as_json.stdout)
+    assert data["tool_calls"] == answer["choices"][0]["message"]["tool_calls"]
+    assert (data["text"], data["finish_reason"]) == ("", "tool_calls")
+
+
+def test_chat_tool_choice_names_a_tool(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps(TOOLS))
+    config = tools_config(tmp_path, upstream)
+    result = provhub_cli(
+        "chat",
+        "-m",
+        "gpt-4",
+        "--tools",
+        str(tools),
+        "--tool-choice",
+        "get_weather",
+        "w?",
+        config=config,
+    )
+    assert result.returncode == 0, result.stderr
+    assert upstream.requests[0].json["tool_choice"] == {
+        "type": "function",
+        "function": {"name": "get_weather"},
+    }
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        pytest.param(None, "--tools {path}: file not found", id="missing"),
+        pytest.param(
+            "[{,]",
+            "--tools {path}: not valid JSON: Expecting property name enclosed "
+            "in double quotes at line 1 column 3",
+            id="not-json",
+        ),
+        pytest.param(
+            "[]",
+            "--tools {path}: must hold a non-empty JSON array of tools, such as "
+            '[{{"type": "function", "function": {{"name": "get_weather", '
+            '"parameters": {{...}}}}}}]',
+            id="empty",
+        ),
+        pytest.param(
+            '[{"type": "function", "function": {"name": "get weather"}}]',
+            "--tools {path}: tools[0] function.name must be 1-64 letters, digits, '_', "
+            "'.' or '-', got 'get weather'",
+            id="bad-name",
+        ),
+    ],
+)
+def test_a_bad_tools_file_is_one_clear_line_and_nothing_is_sent(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream, content: str | None, message: str
+) -> None:
+    path = tmp_path / "tools.json"
+    if content is not None:
+        path.write_text(content)
+    config = tools_config(tmp_path, upstream)
+    result = provhub_cli("chat", "-m", "gpt-4", "--tools", str(path), "w?", config=config)
+    assert result.returncode == 2
+    errors = [x for x in result.stderr.splitlines() if x.startswith("provhub: error:")]
+    assert errors == ["provhub: error: " + message.format(path=path)]
+    assert upstream.requests == []
+
+
+def test_chat_schema_file_is_sent_as_response_format_json_schema(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    schema = {"type": "object", "properties": {"answer": {"type": "string"}}}
+    path = tmp_path / "city answer.json"
+    path.write_text(json.dumps(schema))
+    config = tools_config(tmp_path, upstream)
+    result = provhub_cli("chat", "-m", "gpt-4", "--schema", str(path), "hi", config=config)
+    assert result.returncode == 0, result.stderr
+    assert upstream.requests[0].json["response_format"] == {
+        "type": "json_schema",
+        "json_schema": {"name": "city_answer", "schema": schema, "strict": True},
+    }
+
+
+def test_route_shows_who_lacks_the_capabilities_the_options_imply(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    tools = tmp_path / "tools.json"
+    tools.write_text(json.dumps(TOOLS))
+    schema = tmp_path / "schema.json"
+    schema.write_text('{"type": "object"}')
+    config = tools_config(tmp_path, upstream, plain=upstream.base_url)
+    result = provhub_cli("route", "-m", "gpt-4", "--tools", str(tools), config=config)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == [
+        "model gpt-4  strategy priority  required tools",
+        "  1. api",
+        "  x  Lockchat: disabled in config",
+        "  x  plain: lacks capabilities: tools",
+    ]
+    both = provhub_cli(
+        "route",
+        "-m",
+        "gpt-4",
+        "--tools",
+        str(tools),
+        "--schema",
+        str(schema),
+        "--json",
+        config=config,
+    )
+    assert json.loads(both.stdout)["excluded"][-1] == {
+        "provider": "plain",
+        "reason": "lacks capabilities: tools, structured_output",
+    }
+    # A chat that needs tools never reaches a provider without them, and says why.
+    only_plain = provhub_cli(
+        "chat", "-m", "gpt-4", "-p", "plain", "--tools", str(tools), "w?", config=config
+    )
+    assert only_plain.returncode == 3
+    assert_one_line_error(only_plain.stderr)
+    assert "plain: lacks capabilities: tools" in only_plain.stderr
+    assert upstream.requests == []
+
+
+def test_an_empty_answer_says_so_on_stderr(
+    provhub_cli: Run, tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    upstream.script(Behaviour(tokens=(), finish_reason="length"))
+    config = write_config(tmp_path / "provhub.toml", endpoints={"api": upstream.base_url})
+    result = provhub_cli("chat", "-m", "gpt-4", "hi", config=config)
+    assert result.returncode == 0
+    assert result.stdout == ""
+    assert result.stderr == "provhub: the answer is empty (finish_reason: length)\n"
+
+
+def test_provider_progress_events_are_shown_on_stderr(tmp_path: Path) -> None:
+    from cli_support import Cli
+    from plugin_dists import write_dist
+
+    cli = Cli(tmp_path)
+    site = tmp_path / "site"
+    write_dist(
+        site,
+        "slow-loader",
+        "import provhub\n"
+        "class Slow(provhub.AbstractProvider):\n"
+        "    models = ('slow-1',)\n"
+        "    supports_stream = True\n"
+        "    @staticmethod\n"
+        "    def create_completion(model, messages, stream, **kw):\n"
+        "        with provhub.provider_call() as call:\n"
+        "            call.emit('local.loading', summary='loading slow-1 (slow.gguf)')\n"
+        "            call.emit('local.loaded', summary='loaded slow-1 in 0.01 s')\n"
+        "            yield 'ready'\n"
+        "@provhub.hookimpl\n"
+        "def provhub_register_providers(register):\n"
+        "    register(Slow)\n",
+    )
+    cli.env.pop("PROVHUB_PLUGINS")
+    result = cli("chat", "-m", "slow-1", "hi", PYTHONPATH=str(site))
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "ready\n"
+    assert result.stderr == (
+        "provhub: loading slow-1 (slow.gguf)\nprovhub: loaded slow-1 in 0.01 s\n"
+    )

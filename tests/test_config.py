@@ -163,14 +163,55 @@ def test_missing_explicit_file_is_a_config_error(
 
     assert caught.value.path == str(missing)
     assert caught.value.key is None
-    assert caught.value.reason == "file not found"
+    named = " (named by $PROVHUB_CONFIG)" if via == "env" else ""
+    assert caught.value.reason == "file not found" + named
 
 
-def test_directory_given_as_config_file_is_a_config_error(
+def test_directory_given_as_config_file_says_it_is_a_directory(
     places: dict[str, Path], tmp_path: Path
 ) -> None:
-    with pytest.raises(ConfigError, match="file not found"):
+    with pytest.raises(ConfigError) as caught:
         load_config(tmp_path)
+    assert caught.value.reason == (
+        "is a directory, not a config file; pass the path of the TOML file"
+    )
+    assert caught.value.path == str(tmp_path)
+
+
+def test_directory_holding_a_provhub_toml_suggests_the_file(places: dict[str, Path]) -> None:
+    marked(places["cwd"], 2)
+    with pytest.raises(ConfigError) as caught:
+        load_config(places["cwd"].parent)
+    assert caught.value.reason.endswith(f"did you mean {str(places['cwd'])!r}?")
+
+
+@pytest.mark.parametrize("where", ["explicit", "env", "cwd", "user"])
+def test_the_source_names_the_file_and_how_it_was_found(
+    places: dict[str, Path], monkeypatch: pytest.MonkeyPatch, where: str
+) -> None:
+    path = marked(places[where], 1)
+    if where == "env":
+        monkeypatch.setenv("PROVHUB_CONFIG", str(path))
+    source = load_config(path if where == "explicit" else None).source
+    assert source is not None
+    assert source.path == str(path) or Path(source.path or "").absolute() == path
+    assert (
+        str(source.origin)
+        == {
+            "explicit": "argument",
+            "env": "PROVHUB_CONFIG",
+            "cwd": "working directory",
+            "user": "user config dir",
+        }[where]
+    )
+
+
+def test_no_file_found_names_the_places_searched(places: dict[str, Path]) -> None:
+    source = load_config().source
+    assert source is not None
+    assert (source.path, str(source.origin)) == (None, "none found")
+    assert source.searched == (str(places["cwd"]), str(places["user"]))
+    assert source.describe() == (f"none found (searched {places['cwd']}, {places['user']})")
 
 
 @pytest.mark.parametrize(
@@ -435,6 +476,42 @@ INVALID: list[tuple[str, dict[str, Any], str, str]] = [
         {"providers": {"x": {"api_key_env": ""}}},
         "providers.x.api_key_env",
         "non-empty string",
+    ),
+    (
+        "url-without-host",
+        {"providers": {"x": {"base_url": "http://"}}},
+        "providers.x.base_url",
+        "must be a URL like https://api.example.com/v1 (a scheme and a host), got 'http://'",
+    ),
+    (
+        "url-with-a-space",
+        {"providers": {"x": {"base_url": "http://api.example.com /v1"}}},
+        "providers.x.base_url",
+        "must not contain spaces or line breaks",
+    ),
+    (
+        "url-with-a-newline",
+        {"providers": {"x": {"url": "http://api.example.com\n"}}},
+        "providers.x.url",
+        "must not contain spaces or line breaks",
+    ),
+    (
+        "url-with-credentials",
+        {"providers": {"x": {"url": "https://me:pw@api.example.com"}}},
+        "providers.x.url",
+        "must not hold credentials",
+    ),
+    (
+        "url-with-a-bad-port",
+        {"providers": {"x": {"url": "http://api.example.com:99999/v1"}}},
+        "providers.x.url",
+        "is not valid",
+    ),
+    (
+        "url-with-a-query",
+        {"providers": {"x": {"url": "http://api.example.com/v1?key=1"}}},
+        "providers.x.url",
+        "must not have a query",
     ),
     (
         "url-scheme",

@@ -37,6 +37,7 @@ GUIDES = (
     "index.md",
     "concepts.md",
     "embedding.md",
+    "tools.md",
     "plugins.md",
     "testing.md",
     "configuration.md",
@@ -225,7 +226,7 @@ def _default(field: dataclasses.Field[Any]) -> str | None:
 @pytest.mark.parametrize(
     ("cls", "heading", "skip"),
     [
-        (provhub.Config, "## Top level", {"path", "providers"}),
+        (provhub.Config, "## Top level", {"path", "providers", "source"}),
         (provhub.RouterConfig, "## `[router]`", set()),
         (provhub.Timeouts, "## `[router.timeouts]`", set()),
         (provhub.Limits, "## `[limits]`", set()),
@@ -315,6 +316,8 @@ root = Path.cwd() / "site"
     "def provhub_register_providers(register):\n"
     "    register.unavailable('fancy', 'needs fancylib: pip install partial-dist[fancy]')\n")
 sys.path.insert(0, str(root))
+import os
+os.environ["PROVHUB_DISABLE_PLUGINS"] = "no-such-plugin"  # plugin.unknown
 
 from provhub import AllProvidersFailedError, Config, Hub, NoProviderError, StreamInterruptedError
 from provhub.testing import Behaviour, FakeUpstream, Fault

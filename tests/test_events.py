@@ -596,7 +596,7 @@ def test_configure_logging_json_goes_through_stdlib_to_the_hosts_handler(
     assert {level for _, level, _ in seen} == {"INFO", "WARNING"}
 
     lines = [json.loads(line) for line in result.stderr.splitlines()]
-    assert lines[0]["event"] == "plugin.loaded"
+    assert [line["event"] for line in lines[:2]] == ["config.loaded", "plugin.loaded"]
     lines = [line for line in lines if "request_id" in line]
     events = [line["event"] for line in lines]
     # INFO: one line per request plus every failure (the steps are DEBUG).

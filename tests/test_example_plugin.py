@@ -196,8 +196,10 @@ def test_plugin_guide_walkthrough_works_in_a_fresh_venv(tmp_path: Path) -> None:
 
     plugin = _row(outputs["provhub plugins"], "echo")
     assert plugin[1:5] == ["provhub-echo", "0.1.0", "loaded", "Echo"], plugin
-    provider = _row(outputs["provhub providers --model echo"], "Echo")
-    assert provider[-1] == "echo", provider  # the source: Echo's entry point
+    table = outputs["provhub providers --model echo"]
+    provider = _row(table, "Echo")
+    source = _row(table, "provider").index("source")
+    assert provider[source] == "echo", provider  # the source: Echo's entry point
 
     (route,) = [v for k, v in outputs.items() if "provhub route -m echo" in k]
     assert "1. Echo" in route

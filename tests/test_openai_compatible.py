@@ -16,9 +16,12 @@ import pytest
 import requests
 
 from provhub import (
+    AbstractProvider,
     AllProvidersFailedError,
     ConfigError,
+    CreateResult,
     Hub,
+    Messages,
     NoProviderError,
     StreamInterruptedError,
     Usage,
@@ -412,13 +415,60 @@ def test_type_is_unknown_without_the_shipped_plugin(
     assert caught.value.key == "providers.local.type"
 
 
-def test_type_is_unknown_when_plugins_are_not_loaded(
+def test_shipped_type_works_when_plugins_are_not_loaded(
     env: pytest.MonkeyPatch, upstream: FakeUpstream, tmp_path: Path
 ) -> None:
+    # openai-compatible ships with provhub: a hub that loads no plugins can still use it.
     path = write_config(tmp_path, endpoint(upstream))
 
-    with pytest.raises(ConfigError, match="none loaded"):
+    with Hub(path, load_plugins=False) as hub:
+        assert [i.name for i in hub.providers()] == ["local"]  # no Lockchat, no plugin
+        assert hub.plugins == ()
+        assert hub.complete("local-model", HI).text == Behaviour().text()
+
+
+class Echo(AbstractProvider):
+    """Answers with the last message, without any network."""
+
+    models = ("echo-1",)
+
+    @staticmethod
+    def create_completion(model: str, messages: Messages, stream: bool, **kw: Any) -> CreateResult:
+        yield str(messages[-1]["content"])
+
+
+def test_a_stray_provhub_toml_does_not_break_a_hub_without_plugins(
+    env: pytest.MonkeyPatch, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    # A provhub.toml left in the working directory, with a type table and a table
+    # for Lockchat, which this hub does not have.
+    (tmp_path / "provhub.toml").write_text(
+        "[providers.local]\n"
+        'type = "openai-compatible"\n'
+        f'base_url = "{upstream.base_url}"\n'
+        'models = ["local-model"]\n'
+        "[providers.Lockchat]\n"
+        'url = "http://127.0.0.1:9"\n'
+    )
+    with Hub(load_plugins=False) as hub:
+        hub.register(Echo)
+        assert hub.complete("echo-1", HI).text == "hi there"
+        assert hub.complete("local-model", HI).text == Behaviour().text()
+
+
+def test_a_plugin_type_with_plugins_off_says_exactly_how_to_fix_it(
+    env: pytest.MonkeyPatch, upstream: FakeUpstream, tmp_path: Path
+) -> None:
+    path = write_config(tmp_path, endpoint(upstream, type="acme-gateway"))
+
+    with pytest.raises(ConfigError) as caught:
         Hub(path, load_plugins=False)
+
+    assert caught.value.reason == (
+        "unknown provider type 'acme-gateway' (known: openai-compatible); this hub was built "
+        "with load_plugins=False, which offers only the types that ship with provhub; use "
+        "Hub(load_plugins=True), or pass config= explicitly so no stray provhub.toml is read"
+    )
 
 
 def test_valid_file_creates_the_endpoint(

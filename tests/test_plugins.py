@@ -674,3 +674,46 @@ def test_pip_installed_wheel_is_discovered_without_touching_provhub(tmp_path: Pa
     # Installed beside provhub, not into its environment.
     importlib.invalidate_caches()
     assert "acme-wheel" not in {ep.name for ep in importlib.metadata.entry_points(group="provhub")}
+
+
+# -- names in PROVHUB_PLUGINS / PROVHUB_DISABLE_PLUGINS that match nothing ----------------------
+
+
+@pytest.mark.parametrize(
+    ("env", "unknown"),
+    [
+        ({"PROVHUB_PLUGINS": "My_Plugin, provhub"}, []),  # normalised, and the distribution
+        ({"PROVHUB_PLUGINS": " my-plugn "}, [("PROVHUB_PLUGINS", "my-plugn", "my-plugin")]),
+        ({"PROVHUB_DISABLE_PLUGINS": "zzz"}, [("PROVHUB_DISABLE_PLUGINS", "zzz", None)]),
+        (
+            {"PROVHUB_PLUGINS": "", "PROVHUB_DISABLE_PLUGINS": ",, ,"},
+            [],
+        ),
+    ],
+)
+def test_selection_reports_names_that_match_no_installed_plugin(
+    env: dict[str, str], unknown: list[tuple[str, str, str | None]]
+) -> None:
+    from provhub._plugins import PluginSelection
+
+    selection = PluginSelection.from_env(env)
+    assert selection.unknown(["my-plugin", "provhub_providers", "provhub"]) == unknown
+
+
+def test_unknown_names_become_records_and_warning_events(
+    site: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    write_plugin(site, "acme-provhub", ["Acme"])
+    monkeypatch.setenv("PROVHUB_PLUGINS", "acme-provhb")
+    events: list[dict[str, Any]] = []
+    hub = Hub(Config(), subscribers=[events.append])
+    (unknown,) = [p for p in hub.plugins if p.status is PluginStatus.UNKNOWN]
+    assert unknown.name == "acme-provhb"
+    assert "did you mean 'acme-provhub'?" in str(unknown.error)
+    (event,) = [e for e in events if e["event"] == "plugin.unknown"]
+    assert (event["level"], event["plugin"], event["error"]) == (
+        "warning",
+        "acme-provhb",
+        unknown.error,
+    )
+    assert unknown.as_dict()["status"] == "unknown"

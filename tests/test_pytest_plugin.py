@@ -149,6 +149,18 @@ HTTP_ERROR_TESTS = {
     f"test_http_error_raises_a_documented_type[{status}]"
     for status in (400, 401, 404, 429, 500, 503)
 }
+# The checks of capabilities a provider may lack (skipped then).
+RICH_TESTS = {
+    "test_parallel_tool_calls_arrive_as_sent[stream]",
+    "test_parallel_tool_calls_arrive_as_sent[stream_interleaved]",
+    "test_parallel_tool_calls_arrive_as_sent[complete]",
+    "test_reasoning_arrives_apart_from_the_text[stream]",
+    "test_reasoning_arrives_apart_from_the_text[complete]",
+}
+USAGE_TESTS = {
+    "test_usage_markers_carry_the_upstream_counts[stream]",
+    "test_usage_markers_carry_the_upstream_counts[complete]",
+}
 CONFORMANCE_TESTS = {
     "test_flags_are_real_bools",
     "test_create_completion_is_a_lazy_generator",
@@ -161,6 +173,10 @@ CONFORMANCE_TESTS = {
     "test_hub_retries_a_503_then_delivers_the_answer",
     "test_early_close_closes_the_connection[direct]",
     "test_early_close_closes_the_connection[hub]",
+    "test_error_object_in_a_200_answer_is_a_typed_failure[before]",
+    "test_error_object_in_a_200_answer_is_a_typed_failure[after_tokens]",
+    *USAGE_TESTS,
+    *RICH_TESTS,
 }
 
 
@@ -168,6 +184,7 @@ def test_conformance_suite_passes_for_the_shipped_providers(pytester: pytest.Pyt
     recorder = _run(
         pytester,
         """
+        from provhub import Capability
         from provhub.testing.conformance import ProviderConformance
         from provhub_providers import Lockchat, OpenAICompatible
 
@@ -177,17 +194,29 @@ def test_conformance_suite_passes_for_the_shipped_providers(pytester: pytest.Pyt
 
         class TestOpenAICompatible(ProviderConformance):
             def make_provider(self, upstream):
-                return OpenAICompatible("local", upstream.base_url, ["gpt-4o-mini"])
+                return OpenAICompatible(
+                    "local",
+                    upstream.base_url,
+                    ["gpt-4o-mini"],
+                    capabilities=Capability.TOOLS | Capability.REASONING,
+                )
 
             def provider_settings(self, upstream):
                 return {}
+
+        class TestOpenAICompatiblePlain(TestOpenAICompatible):
+            def make_provider(self, upstream):
+                return OpenAICompatible("plain", upstream.base_url, ["gpt-4o-mini"])
         """,
     )
     outcomes = _outcomes(recorder)
-    for cls in ("TestLockchat", "TestOpenAICompatible"):
+    for cls in ("TestLockchat", "TestOpenAICompatible", "TestOpenAICompatiblePlain"):
         mine = {k.split("::", 1)[1]: v for k, v in outcomes.items() if k.startswith(cls + "::")}
         assert set(mine) == CONFORMANCE_TESTS
-        assert set(mine.values()) == {"passed"}, mine
+        # A provider not declaring TOOLS/REASONING skips exactly those checks.
+        skipped = set() if cls == "TestOpenAICompatible" else RICH_TESTS
+        assert {name for name, outcome in mine.items() if outcome == "skipped"} == skipped
+        assert {mine[name] for name in CONFORMANCE_TESTS - skipped} == {"passed"}, mine
 
 
 def test_conformance_skips_stream_checks_for_a_non_streaming_provider(
@@ -196,7 +225,7 @@ def test_conformance_skips_stream_checks_for_a_non_streaming_provider(
     recorder = _run(
         pytester,
         """
-        from provhub import AbstractProvider, provider_call
+        from provhub import AbstractProvider, parse_chat_completion, provider_call
         from provhub.testing.conformance import ProviderConformance
 
         class Whole(AbstractProvider):
@@ -211,7 +240,7 @@ def test_conformance_skips_stream_checks_for_a_non_streaming_provider(
                         headers={},
                         provider="Whole",
                     )
-                yield answer["choices"][0]["message"]["content"]
+                    yield from parse_chat_completion(answer, "Whole", markers=call.markers)
 
         class TestWhole(ProviderConformance):
             provider = Whole
@@ -224,6 +253,8 @@ def test_conformance_skips_stream_checks_for_a_non_streaming_provider(
         "test_streaming_provider_yields_tokens_while_the_answer_arrives",
         "test_early_close_closes_the_connection[direct]",
         "test_early_close_closes_the_connection[hub]",
+        "test_error_object_in_a_200_answer_is_a_typed_failure[after_tokens]",
+        *RICH_TESTS,
     }
     assert set(outcomes.values()) == {"passed", "skipped"}, outcomes
 
@@ -231,7 +262,7 @@ def test_conformance_skips_stream_checks_for_a_non_streaming_provider(
 # The honest core every broken provider below shares; each then adds one defect.
 BROKEN_HEADER = """
 import requests
-from provhub import AbstractProvider, parse_chat_stream, provider_call
+from provhub import AbstractProvider, ToolCallDelta, Usage, parse_chat_stream, provider_call
 from provhub.testing.conformance import ProviderConformance
 
 _KEPT = []
@@ -270,6 +301,7 @@ BROKEN = {
             "test_streaming_provider_yields_tokens_while_the_answer_arrives",
             "test_early_close_closes_the_connection[direct]",
             "test_early_close_closes_the_connection[hub]",
+            "test_error_object_in_a_200_answer_is_a_typed_failure[after_tokens]",
         },
     ),
     # Does its I/O when called and returns a list.
@@ -290,6 +322,7 @@ BROKEN = {
             "test_streaming_provider_yields_tokens_while_the_answer_arrives",
             "test_early_close_closes_the_connection[direct]",
             "test_early_close_closes_the_connection[hub]",
+            "test_error_object_in_a_200_answer_is_a_typed_failure[after_tokens]",
         },
     ),
     # Hides every failure behind an empty answer.
@@ -310,6 +343,8 @@ BROKEN = {
             *HTTP_ERROR_TESTS,
             "test_connection_failure_raises_a_documented_type",
             "test_hub_retries_a_503_then_delivers_the_answer",
+            "test_error_object_in_a_200_answer_is_a_typed_failure[before]",
+            "test_error_object_in_a_200_answer_is_a_typed_failure[after_tokens]",
         },
     ),
     # Keeps a reference to the live response, so closing never reaches it.
@@ -343,7 +378,50 @@ BROKEN = {
             "test_tokens_equal_the_upstream_answer[stream]",
             "test_tokens_equal_the_upstream_answer[complete]",
             "test_hub_retries_a_503_then_delivers_the_answer",
+            "test_error_object_in_a_200_answer_is_a_typed_failure[before]",
         },
+    ),
+    # Declares tools but passes only text and the finish/usage markers on.
+    "drops_tool_calls": (
+        """
+        class Broken(Base):
+            supports_tools = True
+
+            @staticmethod
+            def create_completion(model, messages, stream, **kwargs):
+                payload = {"model": model, "messages": list(messages), "stream": True, **kwargs}
+                with provider_call() as call:
+                    events = call.stream_sse(
+                        call.base_url(None) + "/v1/chat/completions",
+                        payload,
+                        headers={},
+                        provider="Broken",
+                    )
+                    for item in parse_chat_stream(events, "Broken"):
+                        if not isinstance(item, ToolCallDelta):
+                            yield item
+        """,
+        {
+            "test_parallel_tool_calls_arrive_as_sent[stream]",
+            "test_parallel_tool_calls_arrive_as_sent[stream_interleaved]",
+            "test_parallel_tool_calls_arrive_as_sent[complete]",
+        },
+    ),
+    # Reports usage with prompt and completion counts swapped.
+    "wrong_usage": (
+        """
+        class Broken(Base):
+            @staticmethod
+            def create_completion(model, messages, stream, **kwargs):
+                with provider_call() as call:
+                    for item in parse_chat_stream(events(call, model, messages, "Broken"),
+                                                  "Broken"):
+                        if isinstance(item, Usage):
+                            item = Usage(item.completion_tokens, item.prompt_tokens,
+                                         item.total_tokens)
+                        yield item
+        """,
+        USAGE_TESTS,
     ),
     # Raises a bare exception on HTTP errors instead of a documented type.
     "untyped_errors": (
@@ -388,7 +466,12 @@ class TestBroken(ProviderConformance):
     assert set(outcomes) == CONFORMANCE_TESTS
     failed = {name for name, outcome in outcomes.items() if outcome == "failed"}
     assert failed == expected_failures
-    assert {outcomes[n] for n in CONFORMANCE_TESTS - failed} == {"passed"}
+    # None of them declares tools or reasoning; usage is skipped where markers are dropped.
+    assert {outcomes[n] for n in RICH_TESTS - failed} == {"skipped"}
+    assert {outcomes[n] for n in USAGE_TESTS - failed} <= {"passed", "skipped"}
+    assert {outcomes[n] for n in CONFORMANCE_TESTS - failed - RICH_TESTS - USAGE_TESTS} == {
+        "passed"
+    }
 
 
 def test_conformance_flags_check_names_the_truthy_flag(pytester: pytest.Pytester) -> None:
@@ -450,4 +533,5 @@ def test_conformance_suite_runs_with_the_pytest_plugin_disabled(tmp_path: Path) 
         args[3:3] = ["-p", "no:provhub"]
     done = subprocess.run(args, capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert f"{len(CONFORMANCE_TESTS)} passed" in done.stdout
+    passed = len(CONFORMANCE_TESTS - RICH_TESTS)
+    assert f"{passed} passed, {len(RICH_TESTS)} skipped" in done.stdout

@@ -403,6 +403,8 @@ ATTRIBUTES = (
     "default_model",
     "model_capabilities",
     "config_keys",
+    "url_env",
+    "models_path",
 )
 FORMS = ("static", "class", "instance", "plain", "none", "duck")
 

@@ -211,6 +211,8 @@ def test_provider_info_as_dict_is_a_json_ready_copy(info: ProviderInfo) -> None:
         "model_capabilities": {},
         "default_model": None,
         "source": "tests",
+        "url_env": None,
+        "models_path": None,
     }
     data["flags"]["working"] = False
     data["models"].append("x")

@@ -18,7 +18,15 @@ from urllib.parse import urlsplit
 import pytest
 import requests
 
-from provhub.testing import Behaviour, FakeUpstream, Fault, RecordedRequest, unused_port_url
+from provhub import ToolCall
+from provhub.testing import (
+    Behaviour,
+    FakeUpstream,
+    Fault,
+    RecordedRequest,
+    ToolCallQuirk,
+    unused_port_url,
+)
 
 CHAT = "/v1/chat/completions"
 STREAM = {"model": "gpt-4", "stream": True, "messages": [{"role": "user", "content": "Say hi"}]}
@@ -931,3 +939,307 @@ def test_threads_are_named_after_the_fake_upstream(upstream: FakeUpstream) -> No
 
     assert any(name.startswith("provhub-fake-upstream-accept-") for name in names)
     assert any(name.startswith("provhub-fake-upstream-conn-") for name in names)
+
+
+# -- rich answers: tool calls, reasoning, refusal, usage details --------------------------------
+
+CALL_A = ToolCall("call_a", "get_weather", '{"city":"Paris"}')
+CALL_B = ToolCall("call_b", "get_time", '{"tz":"CET"}')
+
+
+def stream_deltas(upstream: FakeUpstream, behaviour: Behaviour) -> list[dict[str, Any]]:
+    """The deltas of every choice of a streamed answer, role chunk excluded."""
+    upstream.default = behaviour
+    lines = data_lines(exchange(upstream, STREAM).sse())
+    chunks = [json.loads(line) for line in lines if line != b"[DONE]"]
+    return [c["choices"][0]["delta"] for c in chunks if c["choices"]][1:]
+
+
+def test_tool_calls_stream_byte_for_byte_as_openai_frames_them(upstream: FakeUpstream) -> None:
+    upstream.default = Behaviour(tokens=(), tool_calls=(CALL_A,), argument_chunk=8, usage=False)
+    lines = data_lines(exchange(upstream, STREAM).sse())
+    ident = json.loads(lines[0])["id"]
+    created = json.loads(lines[0])["created"]
+    prefix = (
+        f'{{"id":"{ident}","object":"chat.completion.chunk","created":{created},'
+        '"model":"gpt-4","choices":[{"index":0,"delta":'
+    ).encode()
+    assert lines[1:] == [
+        prefix + b'{"tool_calls":[{"index":0,"id":"call_a","type":"function","function":'
+        b'{"name":"get_weather","arguments":""}}]},"finish_reason":null}]}',
+        prefix + b'{"tool_calls":[{"index":0,"function":{"arguments":"{\\"city\\":"}}]},'
+        b'"finish_reason":null}]}',
+        prefix + b'{"tool_calls":[{"index":0,"function":{"arguments":"\\"Paris\\"}"}}]},'
+        b'"finish_reason":null}]}',
+        prefix + b'{},"finish_reason":"tool_calls"}]}',
+        b"[DONE]",
+    ]
+
+
+def test_parallel_calls_are_sent_one_after_the_other_or_interleaved(
+    upstream: FakeUpstream,
+) -> None:
+    def order(interleave: bool) -> list[tuple[int, str | None]]:
+        deltas = stream_deltas(
+            upstream,
+            Behaviour(
+                tokens=(),
+                tool_calls=(CALL_A, CALL_B),
+                argument_chunk=6,
+                interleave_tool_calls=interleave,
+            ),
+        )
+        calls = [d["tool_calls"][0] for d in deltas if "tool_calls" in d]
+        return [(c["index"], c.get("id")) for c in calls]
+
+    assert order(False) == [
+        (0, "call_a"),
+        (0, None),
+        (0, None),
+        (0, None),
+        (1, "call_b"),
+        (1, None),
+        (1, None),
+    ]
+    assert order(True) == [
+        (0, "call_a"),
+        (1, "call_b"),
+        (0, None),
+        (1, None),
+        (0, None),
+        (1, None),
+        (0, None),
+    ]
+
+
+@pytest.mark.parametrize(
+    ("quirks", "check"),
+    [
+        (ToolCallQuirk.NO_INDEX, lambda calls: all("index" not in c for c in calls)),
+        (ToolCallQuirk.INDEX_ZERO, lambda calls: {c["index"] for c in calls} == {0}),
+        (ToolCallQuirk.NO_ID, lambda calls: all("id" not in c for c in calls)),
+        (
+            ToolCallQuirk.REPEAT_ID_NAME,
+            lambda calls: all(c["id"] and c["function"]["name"] and c["type"] for c in calls),
+        ),
+        (
+            ToolCallQuirk.WHOLE,
+            lambda calls: (
+                [c["function"]["arguments"] for c in calls] == [CALL_A.arguments, CALL_B.arguments]
+            ),
+        ),
+        (
+            ToolCallQuirk.ARGUMENTS_OBJECT,
+            lambda calls: (
+                [c["function"]["arguments"] for c in calls] == [{"city": "Paris"}, {"tz": "CET"}]
+            ),
+        ),
+    ],
+)
+def test_each_quirk_changes_the_fragments_as_documented(
+    upstream: FakeUpstream, quirks: ToolCallQuirk, check: Any
+) -> None:
+    deltas = stream_deltas(
+        upstream,
+        Behaviour(
+            tokens=(), tool_calls=(CALL_A, CALL_B), argument_chunk=4, tool_call_quirks=quirks
+        ),
+    )
+    calls = [c for d in deltas for c in d.get("tool_calls", [])]
+    assert calls
+    assert check(calls)
+
+
+def test_one_chunk_sends_every_call_whole_in_one_delta(upstream: FakeUpstream) -> None:
+    deltas = stream_deltas(
+        upstream,
+        Behaviour(tokens=(), tool_calls=(CALL_A, CALL_B), tool_call_quirks=ToolCallQuirk.ONE_CHUNK),
+    )
+    (with_calls,) = [d for d in deltas if "tool_calls" in d]
+    assert [c["function"]["arguments"] for c in with_calls["tool_calls"]] == [
+        CALL_A.arguments,
+        CALL_B.arguments,
+    ]
+
+
+def test_legacy_function_call_streams_a_function_call_delta(upstream: FakeUpstream) -> None:
+    deltas = stream_deltas(
+        upstream,
+        Behaviour(
+            tokens=(),
+            tool_calls=(CALL_A,),
+            argument_chunk=100,
+            tool_call_quirks=ToolCallQuirk.LEGACY_FUNCTION_CALL,
+        ),
+    )
+    assert deltas[:2] == [
+        {"function_call": {"name": "get_weather", "arguments": ""}},
+        {"function_call": {"arguments": CALL_A.arguments}},
+    ]
+
+
+@pytest.mark.parametrize(
+    ("field", "keys"),
+    [
+        ("reasoning_content", {"reasoning_content"}),
+        ("reasoning", {"reasoning"}),
+        ("both", {"reasoning", "reasoning_content"}),
+    ],
+)
+def test_reasoning_comes_first_in_the_chosen_field_with_null_content(
+    upstream: FakeUpstream, field: str, keys: set[str]
+) -> None:
+    deltas = stream_deltas(
+        upstream, Behaviour(tokens=("x",), reasoning=("a", "b"), reasoning_field=field)
+    )
+    assert [set(d) for d in deltas[:2]] == [{"content", *keys}] * 2
+    assert all(d["content"] is None for d in deltas[:2])
+    assert [d[k] for d in deltas[:2] for k in sorted(keys)] == [t for t in "ab" for _ in keys]
+    assert deltas[2] == {"content": "x"}
+
+
+def test_refusal_fragments_follow_the_text(upstream: FakeUpstream) -> None:
+    deltas = stream_deltas(upstream, Behaviour(tokens=("a",), refusal=("no", "pe")))
+    assert deltas[:3] == [{"content": "a"}, {"refusal": "no"}, {"refusal": "pe"}]
+
+
+def test_usage_details_and_their_place(upstream: FakeUpstream) -> None:
+    behaviour = Behaviour(tokens=("a", "b"), cached_tokens=7, reasoning_tokens=3)
+    upstream.default = behaviour
+    lines = data_lines(exchange(upstream, STREAM).sse())
+    usage = json.loads(lines[-2])["usage"]
+    assert usage["prompt_tokens_details"]["cached_tokens"] == 7
+    assert usage["completion_tokens_details"]["reasoning_tokens"] == 3
+    assert (usage["prompt_tokens"], usage["completion_tokens"]) == (2, 2)
+    upstream.default = Behaviour(tokens=("a",), usage_in_final_chunk=True)
+    lines = data_lines(exchange(upstream, STREAM).sse())
+    final = json.loads(lines[-2])
+    assert final["choices"][0]["finish_reason"] == "stop"
+    assert final["usage"]["completion_tokens"] == 1
+    assert behaviour.usage_for(STREAM["messages"]).as_dict() == {
+        "prompt_tokens": 2,
+        "completion_tokens": 2,
+        "total_tokens": 4,
+        "cached_tokens": 7,
+        "reasoning_tokens": 3,
+    }
+
+
+def test_fault_after_counts_tool_call_fragments(upstream: FakeUpstream) -> None:
+    behaviour = Behaviour(
+        tokens=("t",),
+        tool_calls=(CALL_A,),
+        argument_chunk=4,
+        fault=Fault.ERROR_OBJECT,
+        fault_after=3,
+    )
+    upstream.default = behaviour
+    lines = data_lines(exchange(upstream, STREAM).sse())
+    # role, text, call header, one argument piece, then the error object.
+    assert len(lines) == 5
+    assert json.loads(lines[3])["choices"][0]["delta"]["tool_calls"][0]["function"] == {
+        "arguments": '{"ci'
+    }
+    assert "error" in json.loads(lines[4])
+    assert behaviour.chunk_count() == 1 + 1 + 4
+
+
+def test_non_stream_answer_carries_tool_calls_reasoning_and_refusal(upstream: FakeUpstream) -> None:
+    upstream.default = Behaviour(
+        tokens=(),
+        tool_calls=(CALL_A, CALL_B),
+        reasoning=("r1", "r2"),
+        refusal=("x",),
+        cached_tokens=1,
+    )
+    answer = json.loads(exchange(upstream, PLAIN).body)
+    (choice,) = answer["choices"]
+    assert choice["finish_reason"] == "tool_calls"
+    assert choice["message"] == {
+        "role": "assistant",
+        "content": None,
+        "reasoning_content": "r1r2",
+        "refusal": "x",
+        "tool_calls": [
+            {
+                "id": "call_a",
+                "type": "function",
+                "function": {"name": "get_weather", "arguments": CALL_A.arguments},
+            },
+            {
+                "id": "call_b",
+                "type": "function",
+                "function": {"name": "get_time", "arguments": CALL_B.arguments},
+            },
+        ],
+    }
+    assert answer["usage"]["prompt_tokens_details"]["cached_tokens"] == 1
+
+
+def test_non_stream_quirks_no_id_and_arguments_object(upstream: FakeUpstream) -> None:
+    upstream.default = Behaviour(
+        tokens=(),
+        tool_calls=(CALL_A,),
+        tool_call_quirks=ToolCallQuirk.NO_ID | ToolCallQuirk.ARGUMENTS_OBJECT,
+    )
+    (call,) = json.loads(exchange(upstream, PLAIN).body)["choices"][0]["message"]["tool_calls"]
+    assert call == {
+        "type": "function",
+        "function": {"name": "get_weather", "arguments": {"city": "Paris"}},
+    }
+    assert Behaviour(
+        tool_calls=(CALL_A,), tool_call_quirks=ToolCallQuirk.ARGUMENTS_OBJECT
+    ).expected_tool_calls() == [ToolCall("call_a", "get_weather", '{"city":"Paris"}')]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "reason"),
+    [
+        ({"tool_calls": ("call",)}, "Behaviour.tool_calls takes ToolCall values"),
+        ({"tool_call_quirks": 3}, "tool_call_quirks must be ToolCallQuirk flags"),
+        ({"reasoning": (1,)}, "Behaviour.reasoning must hold strings"),
+        ({"reasoning_field": "thinking"}, "reasoning_field must be"),
+        ({"cached_tokens": -1}, "cached_tokens must be >= 0"),
+        ({"argument_chunk": -1}, "argument_chunk must be >= 0"),
+        (
+            {
+                "tool_calls": (ToolCall("c", "f", "not json"),),
+                "tool_call_quirks": ToolCallQuirk.ARGUMENTS_OBJECT,
+            },
+            "ARGUMENTS_OBJECT needs arguments that are a JSON object",
+        ),
+        (
+            {
+                "tool_calls": (CALL_A, CALL_B),
+                "tool_call_quirks": ToolCallQuirk.LEGACY_FUNCTION_CALL,
+            },
+            "LEGACY_FUNCTION_CALL carries one call only",
+        ),
+        (
+            {
+                "tool_calls": (CALL_A, CALL_B),
+                "tool_call_quirks": ToolCallQuirk.NO_INDEX,
+                "interleave_tool_calls": True,
+            },
+            "interleaved tool calls without a distinct index need an id on every fragment",
+        ),
+    ],
+)
+def test_behaviour_rejects_rich_values_that_make_no_sense(
+    kwargs: dict[str, Any], reason: str
+) -> None:
+    with pytest.raises(ValueError, match=reason):
+        Behaviour(**kwargs)
+
+
+def test_rich_behaviours_stay_hashable_and_lists_are_coerced() -> None:
+    behaviour = Behaviour(tool_calls=[CALL_A], reasoning=["r"], refusal=["x"])  # type: ignore[arg-type]
+    assert behaviour.tool_calls == (CALL_A,)
+    assert hash(behaviour) == hash(
+        Behaviour(tool_calls=(CALL_A,), reasoning=("r",), refusal=("x",))
+    )
+    assert behaviour.effective_finish_reason() == "tool_calls"
+    assert (
+        Behaviour(finish_reason="length", tool_calls=(CALL_A,)).effective_finish_reason()
+        == "length"
+    )

@@ -32,6 +32,8 @@ if TYPE_CHECKING:
     from provhub._cancel import CancelToken
     from provhub._config import (
         Config,
+        ConfigOrigin,
+        ConfigSource,
         Limits,
         ProviderConfig,
         RouterConfig,
@@ -76,6 +78,8 @@ _LAZY = {
     "Attempt": "provhub._attempt",
     "CancelToken": "provhub._cancel",
     "Config": "provhub._config",
+    "ConfigOrigin": "provhub._config",
+    "ConfigSource": "provhub._config",
     "Limits": "provhub._config",
     "ProviderConfig": "provhub._config",
     "RouterConfig": "provhub._config",
@@ -147,6 +151,8 @@ __all__ = [
     "Completion",
     "Config",
     "ConfigError",
+    "ConfigOrigin",
+    "ConfigSource",
     "CreateResult",
     "FailureKind",
     "FinishReason",

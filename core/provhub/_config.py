@@ -19,6 +19,8 @@ from provhub._errors import ConfigError
 
 __all__ = [
     "Config",
+    "ConfigOrigin",
+    "ConfigSource",
     "Limits",
     "ProviderConfig",
     "RouterConfig",
@@ -27,6 +29,7 @@ __all__ = [
     "Timeouts",
     "find_config_file",
     "load_config",
+    "locate_config",
 ]
 
 
@@ -107,6 +110,49 @@ class ProviderConfig:
     extra: Mapping[str, Any] = field(default_factory=dict)
 
 
+class ConfigOrigin(enum.StrEnum):
+    """How a config file was found (or that none was)."""
+
+    ARGUMENT = "argument"
+    ENV = "PROVHUB_CONFIG"
+    WORKING_DIR = "working directory"
+    USER_DIR = "user config dir"
+    NONE = "none found"
+    CODE = "Config object"
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where a hub's config came from: the file read, how it was found, what was searched.
+
+    ``path`` is None when no file was read (``origin`` ``none found``, or a
+    :class:`Config` built in code); ``searched`` lists the places looked at, in
+    order, as absolute paths.
+    """
+
+    path: str | None
+    origin: ConfigOrigin
+    searched: tuple[str, ...] = ()
+
+    def describe(self) -> str:
+        """One line for people: ``/x/provhub.toml (from $PROVHUB_CONFIG)``."""
+        if self.origin is ConfigOrigin.NONE:
+            return "none found (searched " + ", ".join(self.searched) + ")"
+        if self.origin is ConfigOrigin.CODE:
+            return "a Config object built in code" + (f" ({self.path})" if self.path else "")
+        how = {
+            ConfigOrigin.ARGUMENT: "given explicitly",
+            ConfigOrigin.ENV: "from $PROVHUB_CONFIG",
+            ConfigOrigin.WORKING_DIR: "found in the working directory",
+            ConfigOrigin.USER_DIR: "found in the user config dir",
+        }[self.origin]
+        return f"{Path(self.path or '').absolute()} ({how})"
+
+    def as_dict(self) -> dict[str, Any]:
+        """A JSON-ready dict (event ``config.loaded``, ``provhub check --json``)."""
+        return {"path": self.path, "origin": str(self.origin), "searched": list(self.searched)}
+
+
 @dataclass(frozen=True, slots=True)
 class TelemetryConfig:
     """The ``[telemetry]`` table (SPEC §16).
@@ -121,7 +167,11 @@ class TelemetryConfig:
 
 @dataclass(frozen=True, slots=True)
 class Config:
-    """All settings of a hub."""
+    """All settings of a hub.
+
+    ``source`` says where it came from (set by :func:`load_config`; None for a
+    config built in code).
+    """
 
     router: RouterConfig = RouterConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
@@ -129,6 +179,7 @@ class Config:
     telemetry: TelemetryConfig = TelemetryConfig()
     log_content: bool = False
     path: str | None = None
+    source: ConfigSource | None = field(default=None, compare=False)
 
     def provider(self, name: str) -> ProviderConfig | None:
         """The table for provider ``name`` (case-insensitive), if any."""
@@ -150,34 +201,61 @@ def user_config_path() -> Path:
     return Path(base) / "provhub" / "provhub.toml"
 
 
-def find_config_file(path: str | os.PathLike[str] | None = None) -> Path | None:
-    """Resolve the config file: ``path``, ``$PROVHUB_CONFIG``, ``./provhub.toml``, user dir.
+def locate_config(path: str | os.PathLike[str] | None = None) -> ConfigSource:
+    """Find the config file: ``path``, ``$PROVHUB_CONFIG``, ``./provhub.toml``, user dir.
 
-    An explicit path or ``$PROVHUB_CONFIG`` that does not exist raises ConfigError;
-    the implicit locations are simply skipped when absent.
+    An explicit path or ``$PROVHUB_CONFIG`` that does not exist (or is a
+    directory) raises ConfigError; the implicit locations are simply skipped
+    when absent. The result names what was searched.
     """
-    explicit = path if path is not None else os.environ.get("PROVHUB_CONFIG") or None
-    if explicit is not None:
-        resolved = Path(explicit)
-        if not resolved.is_file():
-            raise ConfigError("file not found", path=str(resolved))
-        return resolved
-    for candidate in (Path("provhub.toml"), user_config_path()):
+    if path is not None:
+        return _explicit(Path(path), ConfigOrigin.ARGUMENT)
+    env = os.environ.get("PROVHUB_CONFIG") or None
+    if env is not None:
+        return _explicit(Path(env), ConfigOrigin.ENV)
+    searched: list[str] = []
+    for candidate, origin in (
+        (Path("provhub.toml"), ConfigOrigin.WORKING_DIR),
+        (user_config_path(), ConfigOrigin.USER_DIR),
+    ):
+        searched.append(str(candidate.absolute()))
         if candidate.is_file():
-            return candidate
-    return None
+            return ConfigSource(str(candidate), origin, tuple(searched))
+    return ConfigSource(None, ConfigOrigin.NONE, tuple(searched))
+
+
+def _explicit(path: Path, origin: ConfigOrigin) -> ConfigSource:
+    named = " (named by $PROVHUB_CONFIG)" if origin is ConfigOrigin.ENV else ""
+    if path.is_dir():
+        inside = path / "provhub.toml"
+        hint = f"; did you mean {str(inside)!r}?" if inside.is_file() else ""
+        raise ConfigError(
+            f"is a directory, not a config file{named}; pass the path of the TOML file{hint}",
+            path=str(path),
+        )
+    if not path.is_file():
+        raise ConfigError(f"file not found{named}", path=str(path))
+    return ConfigSource(str(path), origin, (str(path.absolute()),))
+
+
+def find_config_file(path: str | os.PathLike[str] | None = None) -> Path | None:
+    """The config file :func:`locate_config` finds, or None."""
+    found = locate_config(path).path
+    return Path(found) if found is not None else None
 
 
 def load_config(path: str | os.PathLike[str] | None = None) -> Config:
-    """Load and validate the config file found by :func:`find_config_file`.
+    """Load and validate the config file found by :func:`locate_config`.
 
-    Returns the defaults when there is no file.
+    Returns the defaults when there is no file; ``Config.source`` says which
+    file was read, or where none was found.
     """
-    found = find_config_file(path)
-    if found is None:
-        return Config()
+    source = locate_config(path)
+    if source.path is None:
+        return Config(source=source)
     import tomllib
 
+    found = Path(source.path)
     try:
         with found.open("rb") as handle:
             data = tomllib.load(handle)
@@ -189,7 +267,39 @@ def load_config(path: str | os.PathLike[str] | None = None) -> Config:
         ) from exc
     except OSError as exc:
         raise ConfigError(f"cannot read: {exc.strerror}", path=str(found)) from exc
-    return Config.from_mapping(data, path=str(found))
+    return replace(Config.from_mapping(data, path=str(found)), source=source)
+
+
+def check_url(url: str) -> str | None:
+    """Why ``url`` cannot be a provider's base URL, or None when it can.
+
+    Checked when the file is loaded, so a typo fails at start-up (exit 2) rather
+    than at the first request.
+    """
+    from urllib.parse import urlsplit
+
+    example = "a URL like https://api.example.com/v1"
+    if any(ch.isspace() for ch in url):
+        return f"must not contain spaces or line breaks (got {url!r}); remove them"
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in url):
+        return f"must not contain control characters (got {url!r})"
+    try:
+        parts = urlsplit(url)
+        _ = parts.port  # raises ValueError for a port that is not a number in range
+    except ValueError as exc:
+        return f"must be {example}; {url!r} is not valid ({exc})"
+    if parts.scheme.lower() not in ("http", "https"):
+        return f"must start with http:// or https://, got {url!r}"
+    if not parts.hostname:
+        return f"must be {example} (a scheme and a host), got {url!r}"
+    if parts.username is not None or parts.password is not None:
+        return (
+            "must not hold credentials (user:password@); put the key in an environment "
+            "variable and name it with api_key_env"
+        )
+    if parts.query or parts.fragment or url.endswith(("?", "#")):
+        return f"must not have a query or fragment ('?', '#'), got {url!r}"
+    return None
 
 
 _CREDENTIAL_HEADERS = frozenset(
@@ -339,10 +449,9 @@ class _Parser:
         for url_key in ("url", "base_url"):
             if url_key in table:
                 url = self.string(table.pop(url_key), f"{key}.{url_key}")
-                if not url.startswith(("http://", "https://")):
-                    raise self.fail(
-                        f"{key}.{url_key}", f"must start with http:// or https://, got {url!r}"
-                    )
+                problem = check_url(url)
+                if problem is not None:
+                    raise self.fail(f"{key}.{url_key}", problem)
                 values["url"] = url.rstrip("/")
         if "models" in table:
             models = table.pop("models")

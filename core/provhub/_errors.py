@@ -127,32 +127,46 @@ class PluginLoadError(ProvhubError):
 class ModelNotFoundError(ProvhubError, LookupError):
     """No registered provider serves the model.
 
-    Attributes: ``model``, ``suggestions`` (close model ids), ``available`` (all ids).
+    Attributes: ``model``, ``suggestions`` (close model ids), ``available`` (all ids),
+    ``hint`` (further advice, such as disabled plugins that may serve the model, or "").
     """
 
-    def __init__(self, model: str, suggestions: Sequence[str], available: Sequence[str]) -> None:
+    def __init__(
+        self,
+        model: str,
+        suggestions: Sequence[str],
+        available: Sequence[str],
+        *,
+        hint: str = "",
+    ) -> None:
         self.model = model
         self.suggestions = tuple(suggestions)
         self.available = tuple(available)
-        hint = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if suggestions else ""
+        self.hint = hint
+        close = f"; did you mean {', '.join(map(repr, self.suggestions))}?" if suggestions else ""
         shown = ", ".join(self.available[:20]) + (" ..." if len(self.available) > 20 else "")
         super().__init__(
-            f"no provider serves model {model!r}{hint} "
+            f"no provider serves model {model!r}{close} "
             f"(known models: {shown or 'none, no provider is registered'})"
+            + (f"; {hint}" if hint else "")
         )
 
 
 class NoProviderError(ProvhubError):
     """Some providers serve the model but none qualifies for this request.
 
-    Attributes: ``model``, ``excluded`` (mapping provider name -> reason).
+    Attributes: ``model``, ``excluded`` (mapping provider name -> reason), ``hint``
+    (further advice, such as disabled plugins that may serve the model, or "").
     """
 
-    def __init__(self, model: str, excluded: dict[str, str]) -> None:
+    def __init__(self, model: str, excluded: dict[str, str], *, hint: str = "") -> None:
         self.model = model
         self.excluded = dict(excluded)
+        self.hint = hint
         reasons = "; ".join(f"{name}: {why}" for name, why in self.excluded.items())
-        super().__init__(f"no provider qualifies for model {model!r}: {reasons}")
+        super().__init__(
+            f"no provider qualifies for model {model!r}: {reasons}" + (f"; {hint}" if hint else "")
+        )
 
 
 class FailureKind(enum.StrEnum):
@@ -203,8 +217,13 @@ class ProviderError(ProvhubError):
 
     def __str__(self) -> str:
         who = f"provider {self.provider!r}: " if self.provider else ""
+        # The transport's messages already name the status and quote the upstream's
+        # own message ("HTTP 401 Unauthorized from host: Incorrect API key"): say each once.
+        detail = self.detail
         status = f" (HTTP {self.status})" if self.status is not None else ""
-        body = f"; body: {self.body!r}" if self.body else ""
+        if f"HTTP {self.status}" in detail:
+            status = ""
+        body = f"; body: {self.body!r}" if self.body and self.body not in detail else ""
         return f"{who}{self.detail}{status}{body}"
 
 
@@ -285,11 +304,21 @@ class AllProvidersFailedError(ProvhubError):
     def __init__(self, model: str, attempts: Sequence[Attempt]) -> None:
         self.model = model
         self.attempts = tuple(attempts)
+        # Retries of one provider usually fail alike: "#1-#3 Lockchat: ..." says it once.
+        runs: list[tuple[int, int, str]] = []
+        for a in self.attempts:
+            text = (
+                f"{a.provider}: {a.error_type}"
+                + (f" HTTP {a.status}" if a.status is not None else "")
+                + (f" ({a.error})" if a.error else "")
+            )
+            if runs and runs[-1][2] == text and runs[-1][1] == a.number - 1:
+                runs[-1] = (runs[-1][0], a.number, text)
+            else:
+                runs.append((a.number, a.number, text))
         lines = "; ".join(
-            f"#{a.number} {a.provider}: {a.error_type}"
-            + (f" HTTP {a.status}" if a.status is not None else "")
-            + (f" ({a.error})" if a.error else "")
-            for a in self.attempts
+            (f"#{first}" if first == last else f"#{first}-#{last}") + f" {text}"
+            for first, last, text in runs
         )
         super().__init__(f"all providers failed for model {model!r}: {lines}")
 

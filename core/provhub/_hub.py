@@ -9,12 +9,33 @@ from collections.abc import Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from provhub._cancel import CancelToken
-from provhub._config import COMMON_PROVIDER_KEYS, Config, ProviderConfig, Timeouts, load_config
+from provhub._config import (
+    COMMON_PROVIDER_KEYS,
+    Config,
+    ConfigOrigin,
+    ConfigSource,
+    ProviderConfig,
+    Timeouts,
+    load_config,
+)
 from provhub._context import CallContext
-from provhub._errors import ConfigError, InvalidRequestError, NoProviderError, ProviderSpecError
+from provhub._errors import (
+    ConfigError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    NoProviderError,
+    PluginLoadError,
+    ProviderSpecError,
+)
 from provhub._events import DEBUG, INFO, WARNING, EventEmitter, Subscriber
 from provhub._health import Health
-from provhub._plugins import PluginRecord, PluginStatus, ProviderTypeFactory, load_plugins
+from provhub._plugins import (
+    PluginRecord,
+    PluginStatus,
+    ProviderTypeFactory,
+    load_plugins,
+    load_shipped_types,
+)
 from provhub._registry import PROGRAMMATIC, Registry, describe
 from provhub._request import Request, build_request
 from provhub._router import RoutePlan, Router
@@ -59,7 +80,10 @@ class Hub:
     ``strict=True`` raises :class:`PluginLoadError` on a broken plugin instead of
     skipping it. ``log_content=True`` lets message content appear in events.
     ``subscribers`` are subscribed before discovery, so they also receive the
-    events of the hub's construction (``plugin.*``, ``provider.insecure``).
+    events of the hub's construction (``config.loaded``, ``plugin.*``,
+    ``provider.insecure``). With ``load_plugins=False`` no plugin is discovered;
+    a config table of a type that ships with provhub (``openai-compatible``)
+    still works.
     A hub is safe to share between threads; close it (or use ``with``) to
     release pooled connections.
     """
@@ -79,6 +103,9 @@ class Hub:
         )
         for callback in subscribers:
             self._emitter.subscribe(callback)
+        source = self.config.source or ConfigSource(self.config.path, ConfigOrigin.CODE)
+        self._emit(INFO, "config.loaded", source.as_dict())
+        self._load_plugins = load_plugins
         self._registry = Registry()
         self._health = Health(
             threshold=self.config.router.breaker_threshold,
@@ -132,12 +159,21 @@ class Hub:
             if table.type is None:
                 continue
             key = f"providers.{name}.type"
+            if not self._load_plugins and not self._provider_types:
+                self._provider_types = self._shipped_types(key)
             found = self._provider_types.get(table.type)
             if found is None:
                 known = ", ".join(sorted(self._provider_types)) or "none loaded"
+                how = (
+                    "this hub was built with load_plugins=False, which offers only the types "
+                    "that ship with provhub; use Hub(load_plugins=True), or pass config= "
+                    "explicitly so no stray provhub.toml is read"
+                    if not self._load_plugins
+                    else "is the plugin that provides it installed and enabled? see "
+                    "'provhub plugins'"
+                )
                 raise ConfigError(
-                    f"unknown provider type {table.type!r} (known: {known}; is the plugin "
-                    "that provides it installed and enabled?)",
+                    f"unknown provider type {table.type!r} (known: {known}); {how}",
                     path=self.config.path,
                     key=key,
                 )
@@ -151,6 +187,16 @@ class Hub:
                 ) from exc
             except (TypeError, ValueError) as exc:
                 raise ConfigError(str(exc), path=self.config.path, key=f"providers.{name}") from exc
+
+    def _shipped_types(self, key: str) -> dict[str, tuple[ProviderTypeFactory, str]]:
+        try:
+            return load_shipped_types()
+        except PluginLoadError as exc:
+            raise ConfigError(
+                f"provhub's own provider types failed to load: {exc.reason}",
+                path=self.config.path,
+                key=key,
+            ) from exc
 
     def _check_provider_tables(self) -> None:
         """Check the tables of the providers registered while the hub was built."""
@@ -219,9 +265,15 @@ class Hub:
     def providers(
         self, model: str | None = None, require: Capability = Capability.NONE
     ) -> list[ProviderInfo]:
-        """Registered providers, optionally only those serving ``model`` with ``require``."""
-        found = self._registry.serving(model) if model is not None else self._registry.all()
-        return [info for info in found if require in info.capabilities]
+        """Registered providers, optionally only those serving ``model`` with ``require``.
+
+        With ``model``, a provider's per-model capabilities count
+        (:meth:`ProviderInfo.capabilities_for`); without, its provider-wide ones.
+        """
+        if model is None:
+            return [info for info in self._registry.all() if require in info.capabilities]
+        serving = self._registry.serving(model)
+        return [info for info in serving if require in info.capabilities_for(model)]
 
     def route(
         self,
@@ -246,7 +298,29 @@ class Hub:
         return self._plan(request)
 
     def _plan(self, request: Request) -> RoutePlan:
-        return self._router.plan(request.model, request.required, only=request.provider)
+        try:
+            return self._router.plan(request.model, request.required, only=request.provider)
+        except ModelNotFoundError as exc:
+            hint = self._plugin_hint()
+            if not hint:
+                raise
+            raise ModelNotFoundError(exc.model, exc.suggestions, exc.available, hint=hint) from None
+
+    def _plugin_hint(self) -> str:
+        """Plugins switched off by name that might serve a model, and names matching none.
+
+        A disabled plugin's code is never imported (SPEC §3), so which models it
+        serves is unknown: it "may" serve the model.
+        """
+        disabled = [
+            f"{p.name} ({p.error})" for p in self._plugins if p.status is PluginStatus.DISABLED
+        ]
+        unknown = [p.error or p.name for p in self._plugins if p.status is PluginStatus.UNKNOWN]
+        parts = []
+        if disabled:
+            more = f" and {len(disabled) - 3} more" if len(disabled) > 3 else ""
+            parts.append("disabled plugins may serve it: " + ", ".join(disabled[:3]) + more)
+        return "; ".join([*parts, *unknown])
 
     @property
     def default_model(self) -> str | None:
@@ -372,7 +446,7 @@ class Hub:
         )
         plan = self._plan(request)
         if not plan.candidates:
-            raise NoProviderError(request.model, dict(plan.excluded))
+            raise NoProviderError(request.model, dict(plan.excluded), hint=self._plugin_hint())
         # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
         return Stream(Run(self._run_deps, plan, request, request_id=os.urandom(8).hex()))
 
@@ -487,6 +561,9 @@ def load_plugins_into(
     """Run the isolated loader for ``hub`` and emit its plugin events."""
 
     def on_event(event: str, record: PluginRecord) -> None:
+        if record.status is PluginStatus.UNKNOWN:
+            hub._emit(WARNING, event, {"plugin": record.name, "error": record.error})
+            return
         level = WARNING if record.status is PluginStatus.FAILED else INFO
         fields: dict[str, Any] = {
             "plugin": record.name,

@@ -13,7 +13,8 @@ Quirks of real servers handled here (each has a test):
   (some Ollama versions): re-encoded as text;
 - reasoning as ``reasoning_content`` (DeepSeek, vLLM) or ``reasoning``
   (OpenRouter, Groq);
-- the legacy ``function_call`` delta: one call at index 0;
+- the legacy ``function_call`` delta or message: one call at index 0;
+- Groq's usage under ``x_groq`` in the last chunk;
 - an ``{"error": ...}`` object inside a 200 stream or body.
 
 Tool-call *indexes* are passed on as sent (``None`` when absent); the hub's
@@ -100,8 +101,12 @@ def error_from_object(error: Any, provider: str) -> ProviderError:
     elif isinstance(error, str):
         message = error
     message = " ".join(message.split())[:_MESSAGE_EXCERPT]
-    status = code if isinstance(code, int) and 100 <= code <= 599 else None
-    retryable = (status is not None and status_retryable(status)) or kind in _RETRYABLE_TYPES
+    status = code if type(code) is int and 100 <= code <= 599 else None
+    if status is None and type(code) is str and code.isdigit() and 100 <= int(code) <= 599:
+        status = int(code)  # some servers send the status as a string: "code": "503"
+    retryable = (status is not None and status_retryable(status)) or (
+        isinstance(kind, str) and kind in _RETRYABLE_TYPES
+    )
     return UpstreamProtocolError(
         f"error in stream: {message}",
         provider=provider,
@@ -140,6 +145,12 @@ def parse_usage(usage: Any) -> Usage | None:
     )
 
 
+def _reason(value: Any) -> str:
+    if type(value) is not str:
+        raise _Shape("finish_reason is not a string")
+    return value
+
+
 def _optional_str(value: Any, what: str) -> str | None:
     if value is None or type(value) is str:
         return value
@@ -158,21 +169,31 @@ def _arguments(value: Any) -> str:
 
 
 def _tool_call_delta(call: Any, *, whole: bool) -> ToolCallDelta:
-    if not isinstance(call, Mapping):
+    # type() checks first: JSON gives exact dicts and strs, and an ABC isinstance
+    # costs several times more on a path taken once per fragment.
+    if type(call) is not dict and not isinstance(call, Mapping):
         raise _Shape("a tool call is not an object")
     index = call.get("index")
     if index is not None and (type(index) is not int or index < 0):
         raise _Shape("tool call index is not a non-negative integer")
     function = call.get("function")
-    if function is None:
-        function = {}
-    elif not isinstance(function, Mapping):
-        raise _Shape("tool call function is not an object")
-    name = _optional_str(function.get("name"), "tool call name")
-    call_id = _optional_str(call.get("id"), "tool call id")
+    name: str | None = None
+    arguments: Any = ""
+    if function is not None:
+        if type(function) is not dict and not isinstance(function, Mapping):
+            raise _Shape("tool call function is not an object")
+        name = function.get("name")
+        if name is not None and type(name) is not str:
+            raise _Shape("tool call name is not a string")
+        arguments = function.get("arguments")
+        if type(arguments) is not str:
+            arguments = _arguments(arguments)
+    call_id = call.get("id")
+    if call_id is not None and type(call_id) is not str:
+        raise _Shape("tool call id is not a string")
     if whole and not name:
         raise _Shape("a tool call has no function name")
-    return ToolCallDelta(index, call_id, name, _arguments(function.get("arguments")))
+    return ToolCallDelta(index, call_id, name, arguments)
 
 
 def _reasoning_of(holder: Mapping[str, Any]) -> str | None:
@@ -187,6 +208,14 @@ def _reasoning_of(holder: Mapping[str, Any]) -> str | None:
 
 def _delta_items(delta: Mapping[str, Any]) -> Iterator[StreamItem]:
     """The non-text items of one streamed delta."""
+    calls = delta.get("tool_calls")
+    if calls and len(delta) == 1:
+        # The common tool-call chunk, {"tool_calls": [...]} alone: nothing else to look for.
+        if type(calls) is not list:
+            raise _Shape("delta.tool_calls is not a list")
+        for call in calls:
+            yield _tool_call_delta(call, whole=False)
+        return
     reasoning = _reasoning_of(delta)
     if reasoning:
         yield Reasoning(reasoning)
@@ -195,7 +224,6 @@ def _delta_items(delta: Mapping[str, Any]) -> Iterator[StreamItem]:
         if type(refusal) is not str:
             raise _Shape("delta.refusal is not a string")
         yield Refusal(refusal)
-    calls = delta.get("tool_calls")
     if calls:
         if not isinstance(calls, list):
             raise _Shape("delta.tool_calls is not a list")
@@ -264,10 +292,18 @@ def parse_chat_stream(
                         yield from _delta_items(delta)
                 reason = choice.get("finish_reason")
                 if reason and markers:
-                    yield FinishReason(str(reason))
+                    yield FinishReason(_reason(reason))
             elif chunk.get("error"):
                 raise error_from_object(chunk["error"], provider)
+            else:
+                reason = None
             usage = chunk.get("usage")
+            if not usage and (reason or not choices):
+                # Groq reports stream usage under "x_groq" in its last chunk. Looked
+                # for only there, so text chunks pay nothing for it.
+                extension = chunk.get("x_groq")
+                if isinstance(extension, Mapping):
+                    usage = extension.get("usage")
             if usage and markers:
                 parsed = parse_usage(usage)
                 if parsed is not None:
@@ -285,9 +321,10 @@ def parse_chat_completion(
     """Turn a decoded ``chat.completion`` body into stream items.
 
     Yields, in this order: reasoning, text, refusal, the tool calls (one whole
-    :class:`ToolCallDelta` each, indexed in order), the finish reason and the
-    usage. With ``markers=False`` only the text. An ``{"error": ...}`` body (some
-    servers answer 200 with one) raises :class:`UpstreamProtocolError`.
+    :class:`ToolCallDelta` each, indexed in order; a legacy ``function_call`` is
+    one call), the finish reason and the usage. With ``markers=False`` only the
+    text. An ``{"error": ...}`` body (some servers answer 200 with one) raises
+    :class:`UpstreamProtocolError`.
     """
     try:
         if not isinstance(answer, Mapping):
@@ -320,9 +357,17 @@ def parse_chat_completion(
                 for index, call in enumerate(calls):
                     delta = _tool_call_delta(call, whole=True)
                     items.append(ToolCallDelta(index, delta.id, delta.name, delta.arguments))
+            elif message.get("function_call"):
+                legacy = message["function_call"]
+                if not isinstance(legacy, Mapping):
+                    raise _Shape("message.function_call is not an object")
+                name = _optional_str(legacy.get("name"), "function_call name")
+                if not name:
+                    raise _Shape("message.function_call has no name")
+                items.append(ToolCallDelta(0, None, name, _arguments(legacy.get("arguments"))))
             reason = choice.get("finish_reason")
             if reason:
-                items.append(FinishReason(str(reason)))
+                items.append(FinishReason(_reason(reason)))
             usage = parse_usage(answer.get("usage"))
             if usage is not None:
                 items.append(usage)

@@ -33,6 +33,7 @@ __all__ = [
     "hookimpl",
     "hookspec",
     "load_plugins",
+    "load_shipped_types",
 ]
 
 ENTRY_POINT_GROUP = "provhub"
@@ -104,6 +105,8 @@ class PluginStatus(enum.StrEnum):
     LOADED = "loaded"
     FAILED = "failed"
     DISABLED = "disabled"
+    UNKNOWN = "unknown"
+    """A name in ``PROVHUB_PLUGINS``/``PROVHUB_DISABLE_PLUGINS`` that matches no plugin."""
 
 
 @dataclass(frozen=True, slots=True)
@@ -112,7 +115,10 @@ class PluginRecord:
 
     ``stage`` says where a failure happened: ``import``, ``validate`` (hook
     implementations), ``hook`` (the hook raised) or ``register`` (an invalid or
-    duplicate provider). ``unavailable`` lists the providers the plugin could
+    duplicate provider). A record with status ``unknown`` is a name written in
+    ``PROVHUB_PLUGINS`` or ``PROVHUB_DISABLE_PLUGINS`` that matches no installed
+    plugin (a typo, or a plugin that is not installed); ``error`` says which
+    variable and the closest installed name. ``unavailable`` lists the providers the plugin could
     not offer, each with the reason (e.g. a missing optional dependency).
     """
 
@@ -151,29 +157,61 @@ def _name_set(value: str) -> set[str]:
     return {_norm(part.strip()) for part in value.split(",") if part.strip()}
 
 
+ALLOW_VARIABLE = "PROVHUB_PLUGINS"
+DENY_VARIABLE = "PROVHUB_DISABLE_PLUGINS"
+
+
 @dataclass(frozen=True, slots=True)
 class PluginSelection:
-    """Allow and deny lists from ``PROVHUB_PLUGINS`` / ``PROVHUB_DISABLE_PLUGINS``."""
+    """Allow and deny lists from ``PROVHUB_PLUGINS`` / ``PROVHUB_DISABLE_PLUGINS``.
+
+    ``written`` keeps every name as the user wrote it, with its variable, so a
+    name that matches no plugin can be reported in the user's own spelling.
+    """
 
     allow: frozenset[str] | None
     deny: frozenset[str]
+    written: tuple[tuple[str, str], ...] = ()
 
     @classmethod
     def from_env(cls, env: dict[str, str] | os._Environ[str] | None = None) -> PluginSelection:
         """Read the selection from the environment (unset allow list = all)."""
         env = os.environ if env is None else env
-        raw_allow = env.get("PROVHUB_PLUGINS")
+        raw_allow = env.get(ALLOW_VARIABLE)
+        raw_deny = env.get(DENY_VARIABLE, "")
         allow = None if raw_allow is None else frozenset(_name_set(raw_allow))
-        return cls(allow=allow, deny=frozenset(_name_set(env.get("PROVHUB_DISABLE_PLUGINS", ""))))
+        written = tuple(
+            (variable, part.strip())
+            for variable, raw in ((ALLOW_VARIABLE, raw_allow or ""), (DENY_VARIABLE, raw_deny))
+            for part in raw.split(",")
+            if part.strip()
+        )
+        return cls(allow=allow, deny=frozenset(_name_set(raw_deny)), written=written)
+
+    def unknown(self, installed: Iterable[str]) -> list[tuple[str, str, str | None]]:
+        """Names written that match no installed plugin: ``(variable, name, closest)``."""
+        from difflib import get_close_matches
+
+        names = sorted(set(installed))
+        known = {_norm(n) for n in names}
+        result: list[tuple[str, str, str | None]] = []
+        for variable, name in self.written:
+            if _norm(name) in known:
+                continue
+            close = get_close_matches(name, names, n=1, cutoff=0.6) or get_close_matches(
+                _norm(name), [_norm(n) for n in names], n=1, cutoff=0.6
+            )
+            result.append((variable, name, close[0] if close else None))
+        return result
 
     def permits(self, ep_name: str, dist: str | None) -> str | None:
         """None if the plugin may load, else why not."""
         names = {_norm(ep_name)} | ({_norm(dist)} if dist else set())
         if names & self.deny:
-            return "denied by PROVHUB_DISABLE_PLUGINS"
+            return f"denied by {DENY_VARIABLE}"
         shipped = dist is not None and _norm(dist) == SHIPPED_DISTRIBUTION
         if self.allow is not None and not shipped and not names & self.allow:
-            return "not listed in PROVHUB_PLUGINS"
+            return f"not listed in {ALLOW_VARIABLE}"
         return None
 
 
@@ -321,6 +359,21 @@ def load_plugins(
     records: list[PluginRecord] = []
     provider_types: dict[str, tuple[ProviderTypeFactory, str]] = {}
     found_eps = [_found(ep) for ep in entry_points] if entry_points is not None else _entry_points()
+    installed = [f.ep.name for f in found_eps] + [f.dist for f in found_eps if f.dist]
+    for variable, name, close in selection.unknown(installed):
+        hint = f"; did you mean {close!r}?" if close else ""
+        listed = ", ".join(sorted({f.ep.name for f in found_eps})) or "none"
+        unknown = PluginRecord(
+            name,
+            None,
+            None,
+            PluginStatus.UNKNOWN,
+            error=f"{variable} names {name!r}, which matches no installed plugin{hint} "
+            f"(installed: {listed})",
+        )
+        records.append(unknown)
+        if on_event is not None:
+            on_event("plugin.unknown", unknown)
     for found in found_eps:
         ep, dist, version = found.ep, found.dist, found.version
 
@@ -364,6 +417,37 @@ def load_plugins(
         if on_event is not None:
             on_event("plugin.loaded", loaded)
     return LoadResult(records=records, provider_types=provider_types)
+
+
+def load_shipped_types(
+    entry_points: Iterable[metadata.EntryPoint] | None = None,
+) -> dict[str, tuple[ProviderTypeFactory, str]]:
+    """The provider types provhub's own distribution offers (``openai-compatible``).
+
+    For a hub built with ``load_plugins=False`` whose config asks for a ``type``:
+    these types ship with provhub, so a script that wants no plugins can still
+    use them. Only the types hook of the shipped entry point runs; no provider is
+    registered. Raises :class:`PluginLoadError` when the shipped plugin fails.
+    """
+    found_eps = [_found(ep) for ep in entry_points] if entry_points is not None else _entry_points()
+    types: dict[str, tuple[ProviderTypeFactory, str]] = {}
+    for found in found_eps:
+        if found.dist is None or _norm(found.dist) != SHIPPED_DISTRIBUTION:
+            continue
+        name = found.ep.name
+        stage = "import"
+        try:
+            module = found.ep.load()
+            stage = "hook"
+            impl = getattr(module, "provhub_register_provider_types", None)
+            if impl is None:
+                continue
+            offered: dict[str, ProviderTypeFactory] = {}
+            impl(register_type=offered.__setitem__)
+        except Exception as exc:
+            raise PluginLoadError(name, stage, _describe_error(exc)) from exc
+        types.update((type_name, (factory, name)) for type_name, factory in offered.items())
+    return types
 
 
 class PluginValidation(Exception):

@@ -29,6 +29,7 @@ __all__ = ["PROGRAMMATIC", "Registry", "describe"]
 
 PROGRAMMATIC = "programmatic"
 _SLUG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+_ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 # Spec defaults for providers that do not subclass AbstractProvider (duck-typed
 # g4f-style classes are accepted too).
@@ -203,6 +204,20 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
         label, source, getattr(provider, "model_capabilities", {}), models, aliases
     )
     config_keys = _check_config_keys(label, source, getattr(provider, "config_keys", ()))
+    url_env = getattr(provider, "url_env", None)
+    if url_env is not None and (not isinstance(url_env, str) or not _ENV_NAME.match(url_env)):
+        raise ProviderSpecError(
+            label, f"url_env must name an environment variable, got {url_env!r}", source=source
+        )
+    models_path = getattr(provider, "models_path", None)
+    if models_path is not None and (
+        not isinstance(models_path, str) or not models_path.startswith("/")
+    ):
+        raise ProviderSpecError(
+            label,
+            f"models_path must be a path starting with '/', got {models_path!r}",
+            source=source,
+        )
 
     return ProviderInfo(
         name=label,
@@ -218,6 +233,8 @@ def describe(provider: Any, *, source: str = PROGRAMMATIC) -> ProviderInfo:
         provider=provider,
         model_capabilities=MappingProxyType(model_caps),
         config_keys=config_keys,
+        url_env=url_env,
+        models_path=models_path,
     )
 
 

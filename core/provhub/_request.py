@@ -126,8 +126,9 @@ def validate_messages(messages: Any) -> list[dict[str, Any]]:
         # isinstance first: an unhashable role (a list) would make "in" raise TypeError.
         if not isinstance(role, str) or role not in ROLES:
             raise _bad(where, f"has role {role!r:.40}; use one of {', '.join(sorted(ROLES))}")
-        if len(message) == 2 and type(message.get("content")) is str:
-            # The common message, {"role": ..., "content": "text"}: one check.
+        if len(message) == 2 and type(message.get("content")) is str and role != "tool":
+            # The common message, {"role": ..., "content": "text"}: one check. (A
+            # tool message needs its tool_call_id, so it never takes this path.)
             _check_text(message["content"], f"{where}.content")
         else:
             _check_message(message, role, where, call_ids)
@@ -190,7 +191,8 @@ def _check_message(message: Mapping[str, Any], role: str, where: str, call_ids: 
 
 
 _CHECKED_KEYS = frozenset({"role", "content", "tool_calls", "tool_call_id", "name"})
-_TOOL_NAME = re.compile(r"^[A-Za-z0-9_.\-]{1,64}$")
+_TOOL_NAME = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
+_SCHEMA_NAME = re.compile(r"[A-Za-z0-9_\-]{1,64}")
 
 
 def _check_tool_calls(calls: Any, where: str, call_ids: set[str]) -> None:
@@ -435,7 +437,7 @@ def _check_tools(name: str, value: Any) -> None:
         if not isinstance(function, Mapping):
             raise _param(here, "needs a 'function' dict with a 'name'")
         tool_name = function.get("name")
-        if not isinstance(tool_name, str) or not _TOOL_NAME.match(tool_name):
+        if not isinstance(tool_name, str) or not _TOOL_NAME.fullmatch(tool_name):
             raise _param(
                 here,
                 "function.name must be 1-64 letters, digits, '_', '.' or '-', "
@@ -466,7 +468,11 @@ def _check_tool_choice(name: str, value: Any) -> None:
             )
         return
     function = value.get("function") if isinstance(value, Mapping) else None
-    if not isinstance(function, Mapping) or not isinstance(function.get("name"), str):
+    if (
+        not isinstance(function, Mapping)
+        or not isinstance(function.get("name"), str)
+        or value.get("type", "function") != "function"
+    ):
         raise _param(name, "must name a function: {'type': 'function', 'function': {'name': ...}}")
 
 
@@ -483,8 +489,17 @@ def _check_response_format(name: str, value: Any) -> None:
             "json_schema needs {'name': ..., 'schema': {...}} (the name of the schema and "
             "the JSON Schema itself)",
         )
+    if not _SCHEMA_NAME.fullmatch(schema["name"]):
+        raise _param(
+            name,
+            "json_schema.name must be 1-64 letters, digits, '_' or '-', "
+            f"got {schema['name']!r:.70}",
+        )
     if not isinstance(schema.get("schema", {}), Mapping):
         raise _param(name, "json_schema.schema must be a JSON Schema object (a dict)")
+    strict = schema.get("strict")
+    if strict is not None and not isinstance(strict, bool):
+        raise _param(name, "json_schema.strict must be true or false")
     _check_json(value, name, 0)
 
 
@@ -526,6 +541,26 @@ _RESERVED = {
 _NOT_TYPOS = frozenset({"top_k", "min_p", "top_a", "typical_p", "max_new_tokens", "num_predict"})
 
 
+def _folded(name: str) -> str:
+    return name.lower().replace("_", "").replace("-", "")
+
+
+# Known params by their spelling without case, "_" and "-": "maxTokens", "top-p" and
+# "Temperature" are near misses however far difflib finds them.
+_FOLDED = {_folded(name): name for name in _PARAMS}
+
+
+def _near_miss(name: Any) -> str | None:
+    """The known param ``name`` probably meant, or None."""
+    if not isinstance(name, str):
+        return None
+    found = _FOLDED.get(_folded(name))
+    if found is not None:
+        return found
+    close = difflib.get_close_matches(name, _PARAMS, n=1, cutoff=0.85)
+    return close[0] if close else None
+
+
 def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
     """Check the request params; return a copy.
 
@@ -542,16 +577,18 @@ def validate_params(params: Mapping[str, Any]) -> dict[str, Any]:
         if name in _RESERVED:
             raise _param(name, f"is not a param: {_RESERVED[name]}")
         if name not in _NOT_TYPOS:
-            close = difflib.get_close_matches(name, checked, n=1, cutoff=0.85)
+            close = _near_miss(name)
             if close:
                 raise _param(
                     name,
-                    f"is not a known param; did you mean {close[0]!r}? (unknown params that "
+                    f"is not a known param; did you mean {close!r}? (unknown params that "
                     "are not near-misses pass through to the provider)",
                 )
         _check_json(value, f"param {name!r:.40}", 0)
     if params.get("tool_choice") not in (None, "none") and not params.get("tools"):
         raise _param("tool_choice", "needs tools: send the tools the model may call")
+    if params.get("parallel_tool_calls") is not None and not params.get("tools"):
+        raise _param("parallel_tool_calls", "needs tools: send the tools the model may call")
     choice = params.get("tool_choice")
     if isinstance(choice, Mapping) and params.get("tools"):
         names = {t["function"]["name"] for t in params["tools"]}

@@ -82,6 +82,23 @@ def _error_type(error: ProviderError) -> str:
     return type(error).__name__
 
 
+def _bad_item(name: str, reason: str) -> ProviderSpecError:
+    return ProviderSpecError(name, reason)
+
+
+def _check_delta(delta: ToolCallDelta, name: str) -> None:
+    """Refuse a malformed fragment from a provider before it reaches the assembler."""
+    index = delta.index
+    if index is not None and (type(index) is not int or index < 0):
+        raise _bad_item(name, "ToolCallDelta.index must be None or an int >= 0")
+    if (delta.id is not None and type(delta.id) is not str) or (
+        delta.name is not None and type(delta.name) is not str
+    ):
+        raise _bad_item(name, "ToolCallDelta.id and .name must be None or a str")
+    if type(delta.arguments) is not str:
+        raise _bad_item(name, "ToolCallDelta.arguments must be a str (a fragment of JSON text)")
+
+
 class Run:
     """The execution state of one request, owned by the generator that runs it.
 
@@ -248,23 +265,27 @@ class Run:
 
     def _take(self, item: Any, name: str) -> StreamItem:
         """Record a non-text item; return it as the caller sees it."""
+        kind = type(item)
         if isinstance(item, ToolCallDelta):
+            _check_delta(item, name)
             assembler = self._tool_calls
             if assembler is None:
                 assembler = self._tool_calls = ToolCallAssembler()
             item = assembler.add(item)
-        elif isinstance(item, Reasoning):
-            self._reasoning.append(item.text)
-        elif isinstance(item, Refusal):
-            self._refusal.append(item.text)
+        elif isinstance(item, Reasoning | Refusal):
+            if type(item.text) is not str:
+                raise _bad_item(name, f"{kind.__name__}.text must be a str")
+            (self._reasoning if isinstance(item, Reasoning) else self._refusal).append(item.text)
         elif isinstance(item, FinishReason):
+            if type(item.reason) is not str:
+                raise _bad_item(name, "FinishReason.reason must be a str")
             self.finish_reason = item.reason
         elif isinstance(item, Usage):
             self.usage = item
         else:
-            raise ProviderSpecError(
+            raise _bad_item(
                 name,
-                f"create_completion yielded {type(item).__name__}; yield str tokens, "
+                f"create_completion yielded {kind.__name__}; yield str tokens, "
                 "FinishReason, Usage, ToolCallDelta, Reasoning or Refusal",
             )
         self.items.append(item)

@@ -169,6 +169,13 @@ class AbstractProvider(ABC):
     a model it names, the ``supports_tools``/``supports_vision``/... flags do not
     apply. ``config_keys`` names the extra keys the provider accepts in its
     ``[providers.NAME]`` table (read back from ``provider_call().settings.extra``).
+
+    ``url_env`` names the environment variable that overrides ``url`` (Lockchat:
+    ``PROVHUB_LOCKCHAT_URL``), so error messages and ``provhub check`` can say
+    where a URL comes from and how to change it; pass the same name to
+    ``provider_call().base_url(url, url_env)``. ``models_path`` is the path,
+    relative to the base URL, of an OpenAI-style model listing
+    (``"/v1/models"``), which ``provhub check`` uses as a free live probe.
     """
 
     name: str = "AbstractProvider"
@@ -189,6 +196,8 @@ class AbstractProvider(ABC):
     model_capabilities: Mapping[str, Capability] = {}
     default_model: str | None = None
     config_keys: Sequence[str] = ()
+    url_env: str | None = None
+    models_path: str | None = None
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -242,7 +251,8 @@ class ProviderInfo:
     from the flags); ``aliases`` maps alias to model id; ``capabilities`` are the
     provider-wide ones (from the flags) and ``model_capabilities`` the per-model
     declarations (see :meth:`capabilities_for`); ``source`` is the plugin
-    (entry-point name) or ``"programmatic"``.
+    (entry-point name) or ``"programmatic"``; ``url_env`` and ``models_path`` as
+    declared by the provider (see :class:`AbstractProvider`).
     """
 
     name: str
@@ -256,6 +266,8 @@ class ProviderInfo:
     provider: Any = field(repr=False, compare=False)
     model_capabilities: Mapping[str, Capability] = field(default_factory=dict)
     config_keys: tuple[str, ...] = ()
+    url_env: str | None = None
+    models_path: str | None = None
 
     @property
     def working(self) -> bool:
@@ -294,4 +306,6 @@ class ProviderInfo:
             "model_capabilities": {m: c.names() for m, c in self.model_capabilities.items()},
             "default_model": self.default_model,
             "source": self.source,
+            "url_env": self.url_env,
+            "models_path": self.models_path,
         }

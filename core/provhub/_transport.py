@@ -20,6 +20,7 @@ import requests
 import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
+from provhub import _explain as explain
 from provhub._cancel import CancelToken, HTTPPool, HTTPSPool, sending
 from provhub._config import Limits, Timeouts
 from provhub._errors import (
@@ -95,8 +96,8 @@ def _release(response: requests.Response, cancel: CancelToken | None) -> None:
 
 def _trickle_timeout(timeouts: Timeouts, provider: str) -> UpstreamTimeoutError:
     return UpstreamTimeoutError(
-        f"first-token timeout of {min(timeouts.first_token, timeouts.total)} s exceeded "
-        "(the upstream trickles bytes too slowly)",
+        f"first-token timeout of {explain.seconds(min(timeouts.first_token, timeouts.total))} "
+        "exceeded (the upstream trickles bytes too slowly)",
         provider=provider,
         retryable=True,
     )
@@ -200,11 +201,15 @@ class Transport:
             )
         except requests.ConnectTimeout as exc:
             raise UpstreamTimeoutError(
-                f"connect timed out after {timeouts.connect} s", provider=provider, retryable=True
+                explain.connect_failure(exc, url, connect_timeout=timeouts.connect),
+                provider=provider,
+                retryable=True,
             ) from exc
         except requests.ReadTimeout as exc:
             raise UpstreamTimeoutError(
-                f"no response within {min(timeouts.first_token, timeouts.total)} s",
+                explain.timeout_words(
+                    "first-token", min(timeouts.first_token, timeouts.total), _host(url)
+                ),
                 provider=provider,
                 retryable=True,
             ) from exc
@@ -212,7 +217,7 @@ class Transport:
             if cancel is not None and cancel.cancelled:
                 raise UpstreamConnectionError("call cancelled", provider=provider) from exc
             raise UpstreamConnectionError(
-                f"connection failed: {type(exc).__name__}",
+                explain.connect_failure(exc, url),
                 provider=provider,
                 retryable=True,
                 host=_host(url),
@@ -232,7 +237,11 @@ class Transport:
             secrets = Secrets()
             secrets.add_headers(all_headers)
             raise UpstreamHTTPError(
-                secrets.mask(f"HTTP {status} {response.reason or ''}".strip()),
+                secrets.mask(
+                    explain.http_failure(
+                        status, response.reason, _host(url), _excerpt(raw, secrets)
+                    )
+                ),
                 response=response,
                 provider=provider,
                 status=status,
@@ -380,7 +389,7 @@ class Transport:
                 remaining = deadline - monotonic()
                 if remaining <= 0:
                     raise UpstreamTimeoutError(
-                        f"total timeout of {timeouts.total} s exceeded",
+                        f"total timeout of {explain.seconds(timeouts.total)} exceeded",
                         provider=provider,
                         retryable=True,
                     )
@@ -401,16 +410,18 @@ class Transport:
                     # budget: a slow drip hit the deadline, the upstream never
                     # went silent.
                     raise UpstreamTimeoutError(
-                        f"total timeout of {timeouts.total} s exceeded",
+                        f"total timeout of {explain.seconds(timeouts.total)} exceeded",
                         provider=provider,
                         retryable=True,
                     ) from exc
                 phase = "idle" if switched else "first-token"
                 raise UpstreamTimeoutError(
-                    f"upstream went silent ({phase} timeout)", provider=provider, retryable=True
+                    explain.silent(phase, idle if switched else timeouts.first_token),
+                    provider=provider,
+                    retryable=True,
                 ) from exc
             raise UpstreamConnectionError(
-                f"connection broke while reading: {type(exc).__name__}",
+                explain.broken_read(exc, response.url),
                 provider=provider,
                 retryable=True,
             ) from exc

@@ -32,6 +32,8 @@ class Lockchat(AbstractProvider):
     """Lockchat's OpenAI-style streaming endpoint."""
 
     url = "http://supertest.lockchat.app"
+    url_env = URL_ENV
+    models_path = "/v1/models"
     supports_stream = True
     supports_gpt_35_turbo = True
     supports_gpt_4 = True
@@ -55,7 +57,7 @@ class Lockchat(AbstractProvider):
         }
         headers = {"user-agent": USER_AGENT}
         with provider_call() as call:
-            url = call.base_url(Lockchat.url, URL_ENV) + "/v1/chat/completions"
+            url = call.base_url(Lockchat.url, Lockchat.url_env) + "/v1/chat/completions"
             for _ in range(MODEL_MISSING_RETRIES + 1):
                 events = call.stream_sse(url, payload, headers=headers, provider="Lockchat")
                 try:

@@ -23,6 +23,7 @@ from provhub import (
 __all__ = ["OpenAICompatible"]
 
 _PASSTHROUGH_SKIP = frozenset({"model", "messages", "stream"})
+_RICH = Capability.TOOLS | Capability.VISION | Capability.STRUCTURED_OUTPUT | Capability.REASONING
 
 
 class OpenAICompatible(AbstractProvider):
@@ -33,11 +34,13 @@ class OpenAICompatible(AbstractProvider):
     ``[providers.NAME] type = "openai-compatible"`` with ``capabilities = ["tools",
     "vision"]`` for every model, or ``[providers.NAME.model_capabilities]`` per
     model. ``capabilities`` grants the rich capabilities (tools, vision,
-    structured output, reasoning); what the endpoint really supports is for the
-    operator to say: provhub does not guess from model names.
+    structured output, reasoning; other bits are ignored, the endpoint always
+    streams and takes history and system messages); what the endpoint really
+    supports is for the operator to say: provhub does not guess from model names.
     """
 
     supports_stream = True
+    models_path = "/models"
 
     def __init__(
         self,
@@ -107,7 +110,7 @@ class OpenAICompatible(AbstractProvider):
     def create_completion(  # type: ignore[override]
         self, model: str, messages: Messages, stream: bool, **kwargs: Any
     ) -> CreateResult:
-        """Yield the answer's tokens, then ``FinishReason``/``Usage`` markers."""
+        """Yield the answer: text, tool-call fragments, reasoning, refusal, finish, usage."""
         payload: dict[str, Any] = {"model": model, "messages": list(messages), "stream": stream}
         payload.update((k, v) for k, v in kwargs.items() if k not in _PASSTHROUGH_SKIP)
         if stream:
@@ -141,4 +144,12 @@ def _capabilities(names: Any, key: str) -> Capability:
         raise ValueError(f'{key} must be a list of capability names, e.g. ["tools"]')
     if not all(isinstance(name, str) for name in names):
         raise ValueError(f"{key} must hold capability names (strings)")
-    return Capability.parse(",".join(names))
+    capabilities = Capability.parse(",".join(names))
+    other = capabilities & ~_RICH
+    if other:
+        raise ValueError(
+            f"{key} may only name {', '.join(_RICH.names())}, not {', '.join(other.names())} "
+            "(an openai-compatible endpoint always streams and takes history and system "
+            "messages)"
+        )
+    return capabilities

@@ -9,7 +9,7 @@ __all__ = ["render"]
 
 
 def render(results: dict[str, Any], out: Path) -> list[Path]:
-    """Draw routing.png, stream.png and requests.png into ``out``; return their paths."""
+    """Draw routing.png, stream.png, requests.png and toolcalls.png into ``out``."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -108,7 +108,55 @@ def render(results: dict[str, Any], out: Path) -> list[Path]:
     paths.append(out / "requests.png")
     fig.savefig(paths[-1], dpi=110)
     plt.close(fig)
+
+    if "toolcall_assembler" in results:
+        paths.append(_toolcalls(plt, results, out, note))
     return paths
+
+
+def _toolcalls(plt: Any, results: dict[str, Any], out: Path, note: str) -> Path:
+    """Time per tool-call fragment against the number of fragments (flat = linear)."""
+    assembler = results["toolcall_assembler"]["rows"]
+    stream = results["toolcall_stream"]["rows"]
+    sizes = [row["fragments"] for row in assembler]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(8.5, 3.8))
+    for framing, label, style in (
+        ("openai", "OpenAI framing", "o-"),
+        ("repeated_id_no_index", "id repeated, no index", "s--"),
+        ("no_id_no_index_repeated_name", "no id/index, name repeated", "^-"),
+    ):
+        left.plot(sizes, [row["ns_per_fragment"][framing] for row in assembler], style, label=label)
+    left.set_title("ToolCallAssembler alone", fontsize=10)
+    left.set_ylabel("ns per fragment (flat = linear)")
+    sizes = [row["fragments"] for row in stream]
+    right.plot(
+        sizes,
+        [row["us_per_fragment"]["raw"] for row in stream],
+        "o-",
+        color="tab:gray",
+        label="raw requests loop",
+    )
+    right.plot(
+        sizes,
+        [row["us_per_fragment"]["hub"] for row in stream],
+        "s-",
+        color="tab:blue",
+        label="hub.stream().items()",
+    )
+    right.set_title("Two parallel calls over loopback", fontsize=10)
+    right.set_ylabel("µs per fragment (flat = linear)")
+    for ax in (left, right):
+        ax.set_xscale("log")
+        ax.set_ylim(bottom=0)
+        ax.set_xlabel("fragments in the answer")
+        ax.grid(True, which="both", alpha=0.3)
+        ax.legend(fontsize=7)
+    fig.text(0.01, 0.01, note, fontsize=7, color="gray")
+    fig.tight_layout(rect=(0, 0.03, 1, 1))
+    path = out / "toolcalls.png"
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
 
 
 def _pair(section: dict[str, Any], key: str) -> tuple[float, float]:

@@ -30,6 +30,7 @@ from .baseline import probe_upstream
 from .events import Events
 from .isolated import discovery_workload, import_workload, rss_workload
 from .server import REPO, STREAM_CHUNKS, Upstreams
+from .toolcalls import assembler_workload, toolcall_stream_workload
 from .workloads import (
     Settings,
     astream_workload,
@@ -312,6 +313,61 @@ def _targets(r: dict[str, Any]) -> list[Target]:
                 None,
             )
         )
+    rows.extend(_toolcall_targets(r))
+    return rows
+
+
+def _toolcall_targets(r: dict[str, Any]) -> list[Target]:
+    """(i) tool-call assembly: per-fragment cost at each size, and its growth."""
+    rows: list[Target] = []
+    if "toolcall_assembler" not in r:
+        return rows  # a results file from before these workloads
+    assembler = r["toolcall_assembler"]
+    labels = {
+        "openai": "OpenAI framing",
+        "repeated_id_no_index": "id repeated, no index",
+        "no_id_no_index_repeated_name": "no id/index, name repeated",
+    }
+    for framing, label in labels.items():
+        sizes = " / ".join(f"{row['ns_per_fragment'][framing]:.0f}" for row in assembler["rows"])
+        growth = assembler["growth_largest_to_smallest"][framing]
+        rows.append(
+            Target(
+                f"(i) assembler ns/fragment at 1k/10k/100k, {label}",
+                sizes,
+                "-",
+                f"{growth:.2f}x (100k vs 1k)",
+                "<= 1.5x (linear)",
+                growth <= 1.5,
+            )
+        )
+    stream = r["toolcall_stream"]
+    for row in stream["rows"]:
+        us = row["us_per_fragment"]
+        rows.append(
+            Target(
+                f"(i) hub tool-call stream, {row['fragments']:,} fragments",
+                _fmt(us["hub"], "us/fragment"),
+                _fmt(us["raw"], "us/fragment"),
+                f"{row['ratio_hub_to_raw_time']:.2f}x time",
+                "-",
+                None,
+            )
+        )
+    growth = stream["growth_largest_to_smallest"]
+    # The raw loop's own growth is the machine's (load drifts between sizes): the hub's
+    # growth over the raw loop's is the figure that machine noise cancels out of.
+    relative = growth["hub"] / growth["raw"]
+    rows.append(
+        Target(
+            "(i) hub tool-call stream, per-fragment growth 100k vs 1k",
+            f"{growth['hub']:.2f}x",
+            f"{growth['raw']:.2f}x",
+            f"{relative:.2f}x (hub/raw)",
+            "<= 1.5x (linear)",
+            relative <= 1.5,
+        )
+    )
     return rows
 
 
@@ -403,6 +459,8 @@ def main(argv: list[str] | None = None) -> int:
                     upstreams.stream_url, STREAM_CHUNKS, upstreams.paced_url, events, settings
                 ),
             ),
+            ("toolcall_assembler", lambda: assembler_workload(settings)),
+            ("toolcall_stream", lambda: toolcall_stream_workload(upstreams.tool_urls, settings)),
         ]
         for name, run in work:
             started = _step(name)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
@@ -31,12 +31,14 @@ class Upstreams:
     ``short_url`` answers with the default three-token answer (sequential and threaded
     requests); ``stream_url`` answers with ``STREAM_CHUNKS`` distinct tokens, one SSE
     event per HTTP chunk, as real servers flush them, all at once; ``paced_url`` sends
-    ``PACED_CHUNKS`` tokens ``PACED_DELAY`` seconds apart.
+    ``PACED_CHUNKS`` tokens ``PACED_DELAY`` seconds apart; ``tool_urls`` answer with two
+    parallel tool calls streamed as 1,000, 10,000 and 100,000 fragments.
     """
 
     short_url: str = ""
     stream_url: str = ""
     paced_url: str = ""
+    tool_urls: dict[int, str] = field(default_factory=dict)
     stream_chunks: int = STREAM_CHUNKS
     _process: subprocess.Popen[str] | None = None
 
@@ -56,6 +58,7 @@ class Upstreams:
         self.short_url = urls["short"]
         self.stream_url = urls["stream"]
         self.paced_url = urls["paced"]
+        self.tool_urls = {int(size): url for size, url in urls["tools"].items()}
         return self
 
     def __exit__(
@@ -77,17 +80,38 @@ class Upstreams:
 
 
 def _serve(chunks: int) -> None:
+    import contextlib
+
     from provhub.testing import Behaviour, FakeUpstream
 
+    from .toolcalls import ARGUMENT_CHUNK, TOOL_FRAGMENTS, tool_calls_for
+
     # record=False: no per-request memory, so the server stays flat over a long run.
-    with (
-        FakeUpstream(record=False) as short,
-        FakeUpstream(record=False, default=Behaviour(chunks=chunks)) as stream,
-        FakeUpstream(
-            record=False, default=Behaviour(chunks=PACED_CHUNKS, chunk_delay=PACED_DELAY)
-        ) as paced,
-    ):
-        urls = {"short": short.base_url, "stream": stream.base_url, "paced": paced.base_url}
+    with contextlib.ExitStack() as stack:
+        short = stack.enter_context(FakeUpstream(record=False))
+        stream = stack.enter_context(FakeUpstream(record=False, default=Behaviour(chunks=chunks)))
+        paced = stack.enter_context(
+            FakeUpstream(
+                record=False, default=Behaviour(chunks=PACED_CHUNKS, chunk_delay=PACED_DELAY)
+            )
+        )
+        tools = {
+            size: stack.enter_context(
+                FakeUpstream(
+                    record=False,
+                    default=Behaviour(
+                        tokens=(), tool_calls=tool_calls_for(size), argument_chunk=ARGUMENT_CHUNK
+                    ),
+                )
+            ).base_url
+            for size in TOOL_FRAGMENTS
+        }
+        urls = {
+            "short": short.base_url,
+            "stream": stream.base_url,
+            "paced": paced.base_url,
+            "tools": tools,
+        }
         print(json.dumps(urls), flush=True)
         sys.stdin.read()
 

@@ -1,7 +1,8 @@
 """Test utilities for provhub and for authors of provider plugins.
 
 ``FakeUpstream`` is a real OpenAI-compatible HTTP server on loopback whose answers and failures
-are scripted with ``Behaviour`` and ``Fault`` values; see ``provhub.testing.upstream``.
+are scripted with ``Behaviour`` and ``Fault`` values (tool calls framed by ``ToolCallQuirk``
+flags); see ``provhub.testing.upstream``.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from provhub.testing.upstream import (
     FakeUpstream,
     Fault,
     RecordedRequest,
+    ToolCallQuirk,
     unused_port_url,
 )
 
@@ -19,5 +21,6 @@ __all__ = [
     "FakeUpstream",
     "Fault",
     "RecordedRequest",
+    "ToolCallQuirk",
     "unused_port_url",
 ]

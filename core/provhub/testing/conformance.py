@@ -22,7 +22,17 @@ suites that want to pick and choose. The checks:
   :class:`provhub.ProviderError`) carrying the HTTP status, so a hub can tell a
   retryable failure from a final one, and a hub does retry a 503;
 * closing the stream early closes the upstream connection, called directly and
-  through a hub.
+  through a hub;
+* an ``{"error": ...}`` object inside a 200 answer is a typed, retryable failure
+  before any token, and a :class:`~provhub.StreamInterruptedError` keeping the
+  tokens after some;
+* usage markers, when the provider reports usage, carry the upstream's counts
+  (cached and reasoning tokens included when reported);
+* a provider declaring ``TOOLS`` (for the model checked) delivers parallel tool
+  calls whose arguments arrive split over many chunks, streamed (in order and
+  interleaved) and not, as the upstream sent them; one declaring ``REASONING``
+  delivers the reasoning apart from the text. Without the capability these
+  checks are skipped.
 """
 
 from __future__ import annotations
@@ -35,9 +45,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 import pytest
 import requests
 
-from provhub._errors import ProviderError, ProviderSpecError
+from provhub._errors import (
+    AllProvidersFailedError,
+    ProviderError,
+    ProviderSpecError,
+    StreamInterruptedError,
+)
 from provhub._registry import describe
-from provhub._spec import FLAG_NAMES, ProviderInfo
+from provhub._spec import FLAG_NAMES, Capability, ProviderInfo, Usage
+from provhub._toolcalls import ToolCall
 from provhub.testing.pytest_plugin import build_hub, call_provider, fast_config, provider_name
 from provhub.testing.upstream import Behaviour, FakeUpstream, Fault
 
@@ -50,13 +66,17 @@ __all__ = [
     "ProviderConformance",
     "check_connection_error",
     "check_early_close",
+    "check_error_object_in_200_answer",
     "check_flags",
     "check_http_error",
     "check_lazy_generator",
     "check_many_chunks",
+    "check_reasoning",
     "check_retried_by_hub",
     "check_tokens_arrive_while_streaming",
     "check_tokens_match",
+    "check_tool_calls",
+    "check_usage_markers",
 ]
 
 ERROR_STATUSES = (400, 401, 404, 429, 500, 503)
@@ -67,6 +87,25 @@ ERROR_STATUSES = (400, 401, 404, 429, 500, 503)
 ANSWER = Behaviour(tokens=("Hello", ",", " wor", "ld", "! ", "Grüße ", "✓", "\n", "done."))
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
+
+TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "get_weather",
+            "description": "Current weather of a city",
+            "parameters": {"type": "object", "properties": {"city": {"type": "string"}}},
+        },
+    },
+    {"type": "function", "function": {"name": "get_time", "parameters": {"type": "object"}}},
+]
+"""The tools the tool-call checks send."""
+
+TOOL_CALLS = (
+    ToolCall("call_conf_weather", "get_weather", '{"city": "Zürich", "unit": "celsius"}'),
+    ToolCall("call_conf_time", "get_time", '{"tz": "Europe/Zurich", "format": "{24h}"}'),
+)
+"""The parallel calls the fake upstream answers with (arguments split in 3-character pieces)."""
 
 
 @dataclass
@@ -102,6 +141,10 @@ class Harness:
     def streams(self) -> bool:
         """Whether the provider claims ``supports_stream``."""
         return getattr(self.provider, "supports_stream", False) is True
+
+    def has(self, capability: Capability) -> bool:
+        """Whether the provider declares ``capability`` for the model checked."""
+        return capability in self.info.capabilities_for(self.model)
 
     def hub(self, **router: Any) -> Hub:
         """A fresh hub with only this provider (closed at teardown); ``retries=0`` etc."""
@@ -323,6 +366,152 @@ def check_early_close(h: Harness, *, via_hub: bool) -> None:
     )
 
 
+def check_error_object_in_200_answer(h: Harness, *, after_tokens: bool) -> None:
+    """An ``{"error": ...}`` object inside a 200 answer is a typed failure.
+
+    Before any token it is retryable (the hub retries and delivers the next
+    answer); after tokens of a stream, the hub raises
+    :class:`~provhub.StreamInterruptedError` keeping the tokens delivered.
+    """
+    if after_tokens:
+        if not h.streams:
+            pytest.skip("the provider does not claim supports_stream")
+        h.upstream.script(Behaviour(tokens=ANSWER.tokens, fault=Fault.ERROR_OBJECT, fault_after=2))
+        tokens: list[str] = []
+        stream = h.hub(retries=0).stream(h.model, MESSAGES)
+
+        def consume() -> None:
+            tokens.extend(stream)
+
+        with pytest.raises((StreamInterruptedError, AllProvidersFailedError)) as caught:
+            consume()
+        error = caught.value
+        assert isinstance(error, StreamInterruptedError), (
+            "an error object after two tokens should end the stream with "
+            f"StreamInterruptedError, got {type(error).__name__}: {error}; yield each token "
+            "as it arrives, and let the error propagate"
+        )
+        expected = "".join(ANSWER.answer_tokens()[:2])
+        assert "".join(tokens) == error.text == expected, (
+            f"the tokens before the error ({expected!r}) were not delivered"
+        )
+        assert isinstance(error.cause, ProviderError), (
+            f"the error object surfaced as {type(error.cause).__name__}, not a ProviderError"
+        )
+        return
+    h.upstream.script(Behaviour(tokens=ANSWER.tokens, fault=Fault.ERROR_OBJECT, fault_after=0))
+    h.upstream.script(ANSWER)
+    hub = h.hub(retries=1)
+    if h.streams:
+        with hub.stream(h.model, MESSAGES) as stream:
+            text = "".join(stream)
+        attempts = stream.attempts
+    else:
+        result = hub.complete(h.model, MESSAGES)
+        text, attempts = result.text, list(result.attempts)
+    assert text == ANSWER.text(), (
+        f"after an error object the hub should retry and deliver {ANSWER.text()!r}, got "
+        f"{text!r}; raise the error (parse_chat_stream does) instead of ending the answer"
+    )
+    first = attempts[0]
+    assert not first.ok, "the error object was not seen as a failure"
+    assert first.retryable, (
+        f"the error object ({first.error_type}: {first.error}) should be retryable: it "
+        "reports a server error"
+    )
+
+
+def check_usage_markers(h: Harness, *, stream: bool) -> None:
+    """Usage a provider reports carries the upstream's counts; finish reason too.
+
+    Skipped when the provider reports no usage at all (it should, so hosts can
+    count tokens; ``parse_chat_stream`` yields it).
+    """
+    answer = Behaviour(tokens=ANSWER.tokens, cached_tokens=4, reasoning_tokens=0)
+    h.upstream.script(answer)
+    hub = h.hub(retries=0)
+    if stream:
+        with hub.stream(h.model, MESSAGES) as result:
+            items = list(result.items())
+        usage, reason = result.usage, result.finish_reason
+    else:
+        completion = hub.complete(h.model, MESSAGES)
+        items = list(completion.items)
+        usage, reason = completion.usage, completion.finish_reason
+    if reason is not None:
+        assert reason == "stop", f"the upstream finished with 'stop', the provider said {reason!r}"
+    if usage is None:
+        pytest.skip("the provider reports no usage (yield provhub.Usage so hosts can count)")
+    expected = answer.usage_for(MESSAGES)
+    got = (usage.prompt_tokens, usage.completion_tokens, usage.total_tokens)
+    want = (expected.prompt_tokens, expected.completion_tokens, expected.total_tokens)
+    assert got == want, f"usage (prompt, completion, total) is {got}; the upstream sent {want}"
+    for detail in ("cached_tokens", "reasoning_tokens"):
+        value = getattr(usage, detail)
+        assert value is None or value == getattr(expected, detail), (
+            f"usage.{detail} is {value}; the upstream sent {getattr(expected, detail)}"
+        )
+    last_text = max((i for i, item in enumerate(items) if type(item) is str), default=-1)
+    first_usage = min(i for i, item in enumerate(items) if isinstance(item, Usage))
+    assert first_usage > last_text, "usage arrived before the end of the text"
+
+
+def check_tool_calls(h: Harness, *, stream: bool, interleaved: bool = False) -> None:
+    """A provider declaring ``TOOLS`` delivers parallel tool calls as the upstream sent them.
+
+    The arguments of both calls arrive in 3-character fragments (interleaved:
+    the calls' fragments in turns, told apart by their ``index``).
+    """
+    if not h.has(Capability.TOOLS):
+        pytest.skip(f"the provider does not declare TOOLS for {h.model!r}")
+    if stream and not h.streams:
+        pytest.skip("the provider does not claim supports_stream")
+    answer = Behaviour(
+        tokens=(),
+        tool_calls=TOOL_CALLS,
+        argument_chunk=3,
+        interleave_tool_calls=interleaved,
+    )
+    h.upstream.script(answer)
+    hub = h.hub(retries=0)
+    if stream:
+        with hub.stream(h.model, MESSAGES, tools=TOOLS) as result:
+            list(result.items())
+        calls, reason = result.tool_calls, result.finish_reason
+    else:
+        completion = hub.complete(h.model, MESSAGES, tools=TOOLS)
+        calls, reason = list(completion.tool_calls), completion.finish_reason
+    sent = h.upstream.requests[-1].json or {}
+    assert sent.get("tools") == TOOLS, (
+        "the tools were not sent upstream as given: pass the 'tools' param through"
+    )
+    assert calls == list(TOOL_CALLS), (
+        f"the provider delivered the tool calls {calls}; the upstream sent {list(TOOL_CALLS)} "
+        "(yield the ToolCallDelta items parse_chat_stream/parse_chat_completion give)"
+    )
+    assert reason == "tool_calls", f"finish_reason is {reason!r}, the upstream said 'tool_calls'"
+
+
+def check_reasoning(h: Harness, *, stream: bool) -> None:
+    """A provider declaring ``REASONING`` delivers reasoning apart from the text."""
+    if not h.has(Capability.REASONING):
+        pytest.skip(f"the provider does not declare REASONING for {h.model!r}")
+    answer = Behaviour(tokens=ANSWER.tokens, reasoning=("Greet ", "briefly", "."))
+    h.upstream.script(answer)
+    hub = h.hub(retries=0)
+    if stream:
+        with hub.stream(h.model, MESSAGES, reasoning_effort="low") as result:
+            list(result.items())
+        text, reasoning = result.text, result.reasoning
+    else:
+        completion = hub.complete(h.model, MESSAGES, reasoning_effort="low")
+        text, reasoning = completion.text, completion.reasoning
+    assert reasoning == "Greet briefly.", (
+        f"the reasoning delivered is {reasoning!r}; the upstream sent 'Greet briefly.'"
+    )
+    assert text == ANSWER.text(), "reasoning leaked into the text, or text was lost"
+
+
 def _assert_documented(error: BaseException, what: str) -> None:
     assert isinstance(error, requests.RequestException | ProviderError), (
         f"{what} raised {type(error).__module__}.{type(error).__name__}: {error}; "
@@ -470,3 +659,35 @@ class ProviderConformance:
     ) -> None:
         """Closing a stream early closes the upstream connection."""
         check_early_close(provhub_conformance, via_hub=via_hub)
+
+    @pytest.mark.parametrize("after_tokens", [False, True], ids=["before", "after_tokens"])
+    def test_error_object_in_a_200_answer_is_a_typed_failure(
+        self, provhub_conformance: Harness, after_tokens: bool
+    ) -> None:
+        """An error object inside a 200 answer: retried before tokens, kept tokens after."""
+        check_error_object_in_200_answer(provhub_conformance, after_tokens=after_tokens)
+
+    @pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+    def test_usage_markers_carry_the_upstream_counts(
+        self, provhub_conformance: Harness, stream: bool
+    ) -> None:
+        """Reported usage equals the upstream's; skipped when none is reported."""
+        check_usage_markers(provhub_conformance, stream=stream)
+
+    @pytest.mark.parametrize(
+        ("stream", "interleaved"),
+        [(True, False), (True, True), (False, False)],
+        ids=["stream", "stream_interleaved", "complete"],
+    )
+    def test_parallel_tool_calls_arrive_as_sent(
+        self, provhub_conformance: Harness, stream: bool, interleaved: bool
+    ) -> None:
+        """TOOLS: two calls, arguments in many fragments, come out whole."""
+        check_tool_calls(provhub_conformance, stream=stream, interleaved=interleaved)
+
+    @pytest.mark.parametrize("stream", [True, False], ids=["stream", "complete"])
+    def test_reasoning_arrives_apart_from_the_text(
+        self, provhub_conformance: Harness, stream: bool
+    ) -> None:
+        """REASONING: the reasoning text is delivered as such."""
+        check_reasoning(provhub_conformance, stream=stream)

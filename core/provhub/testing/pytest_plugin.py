@@ -154,9 +154,10 @@ def call_provider(
     The call happens inside a :class:`~provhub.CallContext` whose settings are the
     ``[providers.NAME]`` table ``settings`` (plus ``url``) and whose timeouts are
     fast, so ``provider_call()`` inside the provider sees them. Nothing is
-    retried or translated: what the provider yields (tokens and markers) and
-    raises reaches you unchanged. Close the returned generator to stop early; it
-    closes the provider's generator and the call's connections.
+    retried, assembled or translated: what the provider yields (text and the
+    other items, tool-call fragments as sent) and raises reaches you unchanged.
+    Close the returned generator to stop early; it closes the provider's
+    generator and the call's connections.
     """
     from provhub._context import CallContext
     from provhub._transport import Transport

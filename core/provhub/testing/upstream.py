@@ -15,6 +15,24 @@ status, the tokens, how they are framed, and which ``Fault`` to inject::
         ...  # point the client at upstream.base_url
         assert upstream.requests[0].json["model"] == "gpt-4"
 
+Besides text, a ``Behaviour`` scripts what richer answers carry (SPEC §11): ``tool_calls``
+(parallel, arguments split into ``argument_chunk``-character fragments, interleaved or not,
+framed the OpenAI way or with the quirks of real servers chosen by ``ToolCallQuirk`` flags),
+``reasoning`` (as ``reasoning_content`` or ``reasoning``), ``refusal``, and usage with
+``cached_tokens``/``reasoning_tokens`` details::
+
+    from provhub import ToolCall
+    from provhub.testing import ToolCallQuirk
+
+    upstream.script(
+        Behaviour(
+            tokens=(),
+            tool_calls=(ToolCall("call_1", "get_weather", '{"city": "Paris"}'),),
+            argument_chunk=3,
+            tool_call_quirks=ToolCallQuirk.NO_INDEX,
+        )
+    )
+
 Routes: ``POST …/chat/completions`` (any prefix, so base URLs with or without ``/v1`` work),
 ``GET …/models``; anything else is a 404 with an OpenAI-style JSON error. The request's JSON
 ``stream`` field picks streaming (SSE over chunked transfer encoding, byte for byte the framing
@@ -41,11 +59,15 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, TypeAlias
 
+from provhub._spec import Usage
+from provhub._toolcalls import ToolCall
+
 __all__ = [
     "Behaviour",
     "FakeUpstream",
     "Fault",
     "RecordedRequest",
+    "ToolCallQuirk",
     "unused_port_url",
 ]
 
@@ -57,8 +79,9 @@ class Fault(enum.StrEnum):
     ``MODEL_MISSING``) apply to generated 200 answers. Transport faults (the ``DROP_*``,
     ``HANG_*`` and ``SLOW_DRIP``) apply to every chat-completions answer, error statuses and
     ``Behaviour.body`` overrides included; on a Content-Length body "mid stream" means halfway.
-    Positions count content chunks only (not the role chunk), and ``fault_after`` larger than
-    the number of tokens puts the fault after the last content chunk.
+    Positions count the answer's chunks (reasoning, text, refusal and tool-call chunks, in the
+    order sent; not the role chunk), and ``fault_after`` larger than their number puts the
+    fault after the last of them.
     """
 
     NONE = "none"
@@ -85,6 +108,34 @@ class Fault(enum.StrEnum):
     """Lockchat quirk: a 200 stream whose only event says model `gpt-4` does not exist."""
 
 
+class ToolCallQuirk(enum.Flag):
+    """How a streamed answer frames its tool calls, beyond OpenAI's own way.
+
+    OpenAI sends each call as a first fragment with ``index``, ``id``, ``type`` and the
+    function ``name`` (``arguments`` empty), then fragments with ``index`` and a piece of
+    the ``arguments`` only. Real servers differ; combine these flags to imitate them.
+    """
+
+    NONE = 0
+    """OpenAI's framing."""
+    NO_INDEX = enum.auto()
+    """Fragments carry no ``index`` (some Gemini and proxy versions)."""
+    INDEX_ZERO = enum.auto()
+    """Every call's fragments say ``index: 0`` (parallel calls of some Ollama versions)."""
+    WHOLE = enum.auto()
+    """Each call in one fragment: id, name and all its arguments (Ollama, Mistral)."""
+    ONE_CHUNK = enum.auto()
+    """All the calls, whole, in a single chunk's ``tool_calls`` list."""
+    REPEAT_ID_NAME = enum.auto()
+    """``id``, ``type`` and ``name`` repeated on every fragment."""
+    NO_ID = enum.auto()
+    """No ``id`` on any call (the client must make one up)."""
+    ARGUMENTS_OBJECT = enum.auto()
+    """``arguments`` sent as a JSON object, not JSON text; implies whole calls in a stream."""
+    LEGACY_FUNCTION_CALL = enum.auto()
+    """The pre-tools ``function_call`` delta/message (one call only, no id)."""
+
+
 @dataclass(frozen=True, slots=True)
 class Behaviour:
     """How the fake upstream answers one chat-completions request.
@@ -104,9 +155,25 @@ class Behaviour:
         content_type: ``Content-Type`` override (defaults: ``text/event-stream`` for 200
             streams, ``application/json`` otherwise).
         usage: Stream: a last chunk with ``"choices": []`` and ``"usage"``; non-stream: a
-            ``"usage"`` object. ``completion_tokens`` is the number of tokens and
-            ``prompt_tokens`` the number of whitespace-separated words in the messages.
-        finish_reason: ``finish_reason`` of the final choice.
+            ``"usage"`` object. ``completion_tokens`` is the number of answer chunks (see
+            ``chunk_count()``) and ``prompt_tokens`` the number of whitespace-separated words
+            in the messages' string contents.
+        cached_tokens: With ``usage``: ``prompt_tokens_details.cached_tokens``.
+        reasoning_tokens: With ``usage``: ``completion_tokens_details.reasoning_tokens``.
+        usage_in_final_chunk: Stream: usage rides on the chunk with the finish reason instead
+            of a chunk of its own (as some vLLM and llama.cpp versions send it).
+        finish_reason: ``finish_reason`` of the final choice; None means ``"tool_calls"``
+            when ``tool_calls`` are scripted and ``"stop"`` otherwise.
+        tool_calls: Tool calls of the answer, sent after the text, in order.
+        tool_call_quirks: How the calls are framed (``ToolCallQuirk`` flags).
+        argument_chunk: Characters of ``arguments`` per fragment (0: all in one fragment).
+        interleave_tool_calls: Stream: send the calls' fragments in turns (call 0, call 1,
+            call 0, ...) instead of one call after the other. Needs an index or an id on
+            every fragment to be told apart.
+        reasoning: Reasoning ("thinking") fragments, sent before the text.
+        reasoning_field: Where reasoning goes: ``"reasoning_content"`` (DeepSeek, vLLM),
+            ``"reasoning"`` (OpenRouter, Groq) or ``"both"`` (recent vLLM sends both).
+        refusal: Refusal fragments, sent after the text (``content`` is null without text).
         role_chunk: Stream: open with a chunk whose delta is ``{"role": "assistant"}``.
         done: Stream: end with ``data: [DONE]``.
         crlf: Stream: end SSE lines with ``\\r\\n`` instead of ``\\n``.
@@ -126,7 +193,17 @@ class Behaviour:
     body: bytes | None = None
     content_type: str | None = None
     usage: bool = True
-    finish_reason: str = "stop"
+    cached_tokens: int | None = None
+    reasoning_tokens: int | None = None
+    usage_in_final_chunk: bool = False
+    finish_reason: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+    tool_call_quirks: ToolCallQuirk = ToolCallQuirk.NONE
+    argument_chunk: int = 8
+    interleave_tool_calls: bool = False
+    reasoning: tuple[str, ...] = ()
+    reasoning_field: str = "reasoning_content"
+    refusal: tuple[str, ...] = ()
     role_chunk: bool = True
     done: bool = True
     crlf: bool = False
@@ -142,6 +219,10 @@ class Behaviour:
         if self.tokens is not None and not isinstance(self.tokens, tuple):
             object.__setattr__(self, "tokens", tuple(self.tokens))
         object.__setattr__(self, "fault", Fault(self.fault))
+        for name in ("tool_calls", "reasoning", "refusal"):
+            if not isinstance(getattr(self, name), tuple):
+                object.__setattr__(self, name, tuple(getattr(self, name)))
+        self._check_rich()
         if not 200 <= self.status <= 599:
             raise ValueError(f"Behaviour.status must be a final HTTP status 200-599: {self.status}")
         for name in ("chunks", "fault_after"):
@@ -158,6 +239,83 @@ class Behaviour:
             value = getattr(self, name)
             if value is not None and (not value.isprintable() or not value.isascii()):
                 raise ValueError(f"Behaviour.{name} must be printable ASCII: {value!r}")
+
+    def _check_rich(self) -> None:
+        quirks = self.tool_call_quirks
+        if not isinstance(quirks, ToolCallQuirk):
+            raise ValueError(f"Behaviour.tool_call_quirks must be ToolCallQuirk flags: {quirks!r}")
+        for call in self.tool_calls:
+            if not isinstance(call, ToolCall):
+                raise ValueError(f"Behaviour.tool_calls takes ToolCall values, not {call!r:.60}")
+        for name in ("reasoning", "refusal"):
+            if not all(isinstance(text, str) for text in getattr(self, name)):
+                raise ValueError(f"Behaviour.{name} must hold strings")
+        if self.reasoning_field not in ("reasoning_content", "reasoning", "both"):
+            raise ValueError(
+                "Behaviour.reasoning_field must be 'reasoning_content', 'reasoning' or 'both': "
+                f"{self.reasoning_field!r}"
+            )
+        for name in ("cached_tokens", "reasoning_tokens", "argument_chunk"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ValueError(f"Behaviour.{name} must be >= 0: {value}")
+        if ToolCallQuirk.ARGUMENTS_OBJECT in quirks:
+            for call in self.tool_calls:
+                try:
+                    value = json.loads(call.arguments or "{}")
+                except ValueError:
+                    value = None
+                if not isinstance(value, dict | list):
+                    raise ValueError(
+                        "ToolCallQuirk.ARGUMENTS_OBJECT needs arguments that are a JSON object "
+                        f"or array; call {call.id} has {call.arguments!r:.60}"
+                    )
+        if ToolCallQuirk.LEGACY_FUNCTION_CALL in quirks and len(self.tool_calls) > 1:
+            raise ValueError("ToolCallQuirk.LEGACY_FUNCTION_CALL carries one call only")
+        if self.interleave_tool_calls and (
+            quirks & (ToolCallQuirk.NO_INDEX | ToolCallQuirk.INDEX_ZERO)
+            and (ToolCallQuirk.NO_ID in quirks or ToolCallQuirk.REPEAT_ID_NAME not in quirks)
+        ):
+            raise ValueError(
+                "interleaved tool calls without a distinct index need an id on every fragment "
+                "(ToolCallQuirk.REPEAT_ID_NAME, without NO_ID): nothing else tells them apart"
+            )
+
+    def effective_finish_reason(self) -> str:
+        """The finish reason sent: ``finish_reason``, else by what the answer holds."""
+        if self.finish_reason is not None:
+            return self.finish_reason
+        return "tool_calls" if self.tool_calls else "stop"
+
+    def chunk_count(self) -> int:
+        """How many answer chunks a stream carries (what ``fault_after`` counts)."""
+        return len(_answer_deltas(self))
+
+    def expected_tool_calls(self) -> list[ToolCall]:
+        """The calls a correct client assembles from this answer.
+
+        As scripted, except: under ``ARGUMENTS_OBJECT`` the arguments are the compact JSON
+        text a client re-encodes them to, and under ``NO_ID``/``LEGACY_FUNCTION_CALL`` the
+        ``id`` is whatever the client made up (compare names and arguments then).
+        """
+        if ToolCallQuirk.ARGUMENTS_OBJECT not in self.tool_call_quirks:
+            return list(self.tool_calls)
+        return [
+            ToolCall(call.id, call.name, _compact(json.loads(call.arguments or "{}")))
+            for call in self.tool_calls
+        ]
+
+    def usage_for(self, messages: Any) -> Usage:
+        """The :class:`~provhub.Usage` this answer reports for a request with ``messages``."""
+        prompt = _prompt_words({"messages": messages})
+        completion = self.chunk_count()
+        return Usage(
+            prompt,
+            completion,
+            prompt + completion,
+            cached_tokens=self.cached_tokens,
+            reasoning_tokens=self.reasoning_tokens,
+        )
 
     def answer_tokens(self) -> tuple[str, ...]:
         """The tokens of the answer, explicit or generated."""
@@ -838,14 +996,6 @@ def _build_plan(
     created: int,
 ) -> _Plan:
     retry = (("Retry-After", b.retry_after),) if b.retry_after is not None else ()
-    completion_tokens = len(b.answer_tokens())
-    usage = _dumps(
-        {
-            "prompt_tokens": prompt_tokens,
-            "completion_tokens": completion_tokens,
-            "total_tokens": prompt_tokens + completion_tokens,
-        }
-    )
     if b.body is not None or b.status != 200:
         if b.body is not None:
             body = b.body
@@ -857,6 +1007,8 @@ def _build_plan(
                 b, _sized(b.status, b.content_type or default_type, body, close, *retry)
             )
         )
+    deltas = _answer_deltas(b)
+    usage = _usage_bytes(b, prompt_tokens, len(deltas))
     if not stream:
         body = _completion_body(b, model, usage, ident, created)
         head = _sized(200, b.content_type or "application/json", body, close, *retry)
@@ -871,7 +1023,7 @@ def _build_plan(
         ],
         close,
     )
-    return _merge(_stream_steps(b, model, usage, head, ident, created))
+    return _merge(_stream_steps(b, model, usage, head, ident, created, deltas))
 
 
 def _sized_transport(b: Behaviour, response: bytes) -> list[_Step]:
@@ -906,7 +1058,9 @@ def _completion_body(b: Behaviour, model: str, usage: bytes, ident: str, created
         case Fault.HUGE_LINE:
             content = _dumps(b.text() + _HUGE_CONTENT)
         case _:
-            content = _dumps(b.text())
+            # OpenAI sends null content with tool calls or a refusal and no text.
+            text = b.text()
+            content = b"null" if not text and (b.tool_calls or b.refusal) else _dumps(text)
     envelope = _dumps(
         {"id": ident, "object": "chat.completion", "created": created, "model": model}
     )
@@ -914,16 +1068,155 @@ def _completion_body(b: Behaviour, model: str, usage: bytes, ident: str, created
         envelope[:-1]
         + b',"choices":[{"index":0,"message":{"role":"assistant","content":'
         + content
+        + _message_extras(b)
         + b'},"finish_reason":'
-        + _dumps(b.finish_reason)
+        + _dumps(b.effective_finish_reason())
         + b"}]"
         + (b',"usage":' + usage if b.usage else b"")
         + b"}"
     )
 
 
+def _usage_bytes(b: Behaviour, prompt_tokens: int, completion_tokens: int) -> bytes:
+    usage: dict[str, Any] = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    if b.cached_tokens is not None:
+        usage["prompt_tokens_details"] = {"cached_tokens": b.cached_tokens, "audio_tokens": 0}
+    if b.reasoning_tokens is not None:
+        usage["completion_tokens_details"] = {
+            "reasoning_tokens": b.reasoning_tokens,
+            "audio_tokens": 0,
+            "accepted_prediction_tokens": 0,
+            "rejected_prediction_tokens": 0,
+        }
+    return _dumps(usage)
+
+
+def _compact(value: object) -> str:
+    # The JSON text a client makes of arguments sent as a JSON value (provhub._openai).
+    return json.dumps(value, ensure_ascii=False, separators=(",", ":"))
+
+
+def _reasoning_fields(b: Behaviour, text: str) -> bytes:
+    """``"reasoning_content":...`` (or ``reasoning``, or both) for ``text``, comma first."""
+    value = _dumps(text)
+    if b.reasoning_field == "both":
+        return b',"reasoning":' + value + b',"reasoning_content":' + value
+    return b',"' + b.reasoning_field.encode() + b'":' + value
+
+
+def _message_extras(b: Behaviour) -> bytes:
+    """The non-text fields of a whole ``chat.completion`` message, comma first."""
+    out = b""
+    if b.reasoning:
+        out += _reasoning_fields(b, "".join(b.reasoning))
+    if b.refusal:
+        out += b',"refusal":' + _dumps("".join(b.refusal))
+    if not b.tool_calls:
+        return out
+    quirks = b.tool_call_quirks
+    if ToolCallQuirk.LEGACY_FUNCTION_CALL in quirks:
+        call = b.tool_calls[0]
+        return out + b',"function_call":' + _dumps({"name": call.name, "arguments": call.arguments})
+    calls = []
+    for call in b.tool_calls:
+        entry: dict[str, Any] = {} if ToolCallQuirk.NO_ID in quirks else {"id": call.id}
+        arguments: Any = call.arguments
+        if ToolCallQuirk.ARGUMENTS_OBJECT in quirks:
+            arguments = json.loads(call.arguments or "{}")
+        entry["type"] = "function"
+        entry["function"] = {"name": call.name, "arguments": arguments}
+        calls.append(entry)
+    return out + b',"tool_calls":' + _dumps(calls)
+
+
+def _pieces(text: str, size: int) -> list[str]:
+    if not text:
+        return []
+    if size <= 0:
+        return [text]
+    return [text[start : start + size] for start in range(0, len(text), size)]
+
+
+def _tool_call_deltas(b: Behaviour) -> list[bytes]:
+    """The streamed deltas of the scripted tool calls, framed as ``tool_call_quirks`` say."""
+    if not b.tool_calls:
+        return []
+    quirks = b.tool_call_quirks
+    size = b.argument_chunk
+    if ToolCallQuirk.LEGACY_FUNCTION_CALL in quirks:
+        call = b.tool_calls[0]
+        if ToolCallQuirk.WHOLE in quirks:
+            legacy = [{"name": call.name, "arguments": call.arguments}]
+        else:
+            legacy = [{"name": call.name, "arguments": ""}]
+            legacy += [{"arguments": piece} for piece in _pieces(call.arguments, size)]
+        return [b'{"function_call":' + _dumps(d) + b"}" for d in legacy]
+    whole = bool(
+        quirks & (ToolCallQuirk.WHOLE | ToolCallQuirk.ONE_CHUNK | ToolCallQuirk.ARGUMENTS_OBJECT)
+    )
+    repeat = ToolCallQuirk.REPEAT_ID_NAME in quirks
+    per_call: list[list[dict[str, Any]]] = []
+    for number, call in enumerate(b.tool_calls):
+        index = 0 if ToolCallQuirk.INDEX_ZERO in quirks else number
+
+        def fragment(first: bool, arguments: Any, call: ToolCall = call, index: int = index) -> Any:
+            # Key order as OpenAI sends them: index, id, type, function{name, arguments}.
+            out: dict[str, Any] = {}
+            if ToolCallQuirk.NO_INDEX not in quirks:
+                out["index"] = index
+            if first or repeat:
+                if ToolCallQuirk.NO_ID not in quirks:
+                    out["id"] = call.id
+                out["type"] = "function"
+                out["function"] = {"name": call.name, "arguments": arguments}
+            else:
+                out["function"] = {"arguments": arguments}
+            return out
+
+        if whole:
+            arguments: Any = call.arguments
+            if ToolCallQuirk.ARGUMENTS_OBJECT in quirks:
+                arguments = json.loads(call.arguments or "{}")
+            per_call.append([fragment(True, arguments)])
+        else:
+            fragments = [fragment(True, "")]
+            fragments += [fragment(False, piece) for piece in _pieces(call.arguments, size)]
+            per_call.append(fragments)
+    if ToolCallQuirk.ONE_CHUNK in quirks:
+        return [b'{"tool_calls":' + _dumps([f for fs in per_call for f in fs]) + b"}"]
+    if b.interleave_tool_calls:
+        ordered = [
+            fragments[turn]
+            for turn in range(max(map(len, per_call)))
+            for fragments in per_call
+            if turn < len(fragments)
+        ]
+    else:
+        ordered = [f for fragments in per_call for f in fragments]
+    return [b'{"tool_calls":[' + _dumps(f) + b"]}" for f in ordered]
+
+
+def _answer_deltas(b: Behaviour) -> list[bytes]:
+    """Every answer chunk's delta, in the order sent: reasoning, text, refusal, tool calls."""
+    deltas = [b'{"content":null' + _reasoning_fields(b, text) + b"}" for text in b.reasoning]
+    deltas.extend(b'{"content":' + _dumps(token) + b"}" for token in b.answer_tokens())
+    deltas.extend(b'{"refusal":' + _dumps(text) + b"}" for text in b.refusal)
+    deltas.extend(_tool_call_deltas(b))
+    return deltas
+
+
 def _stream_steps(
-    b: Behaviour, model: str, usage: bytes, head: bytes, ident: str, created: int
+    b: Behaviour,
+    model: str,
+    usage: bytes,
+    head: bytes,
+    ident: str,
+    created: int,
+    deltas: list[bytes],
 ) -> list[_Step]:
     eol = b"\r\n" if b.crlf else b"\n"
     comment = b": keep-alive" + eol + eol if b.comments else b""
@@ -938,21 +1231,22 @@ def _stream_steps(
     def event(data: bytes) -> bytes:
         return comment + b"data: " + data + eol + eol
 
-    def choice(delta: bytes, finish_reason: bytes = b"null") -> bytes:
+    def choice(delta: bytes, finish_reason: bytes = b"null", tail: bytes = b"") -> bytes:
         return event(
             envelope
             + b'[{"index":0,"delta":'
             + delta
             + b',"finish_reason":'
             + finish_reason
-            + b"}]}"
+            + b"}]"
+            + tail
+            + b"}"
         )
 
     def content(json_string: bytes) -> bytes:
         return choice(b'{"content":' + json_string + b"}")
 
-    tokens = b.answer_tokens()
-    cut = min(b.fault_after, len(tokens))
+    cut = min(b.fault_after, len(deltas))
     events: list[_Step] = []
     ended = False
     if b.fault is Fault.MODEL_MISSING:
@@ -961,7 +1255,7 @@ def _stream_steps(
     else:
         if b.role_chunk:
             events.append(choice(b'{"role":"assistant"}'))
-        events.extend(content(_dumps(token)) for token in tokens[:cut])
+        events.extend(choice(delta) for delta in deltas[:cut])
         match b.fault:
             case Fault.DROP_MID_STREAM:
                 return _wire(b, head, [*events, _DROP], terminate=False)
@@ -977,10 +1271,14 @@ def _stream_steps(
                 events.append(event(_SERVER_ERROR))
                 ended = True
     if not ended:
-        events.extend(content(_dumps(token)) for token in tokens[cut:])
-        events.append(choice(b"{}", _dumps(b.finish_reason)))
-        if b.usage:
-            events.append(event(envelope + b'[],"usage":' + usage + b"}"))
+        events.extend(choice(delta) for delta in deltas[cut:])
+        reason = _dumps(b.effective_finish_reason())
+        if b.usage and b.usage_in_final_chunk:
+            events.append(choice(b"{}", reason, b',"usage":' + usage))
+        else:
+            events.append(choice(b"{}", reason))
+            if b.usage:
+                events.append(event(envelope + b'[],"usage":' + usage + b"}"))
         if b.done:
             events.append(event(b"[DONE]"))
     return _wire(b, head, events, terminate=True)

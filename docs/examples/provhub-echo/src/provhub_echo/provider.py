@@ -8,7 +8,16 @@ from typing import Any
 from provhub import AbstractProvider, CreateResult, Messages, parse_chat_stream, provider_call
 
 # Options the Echo Chat API understands; anything else a caller passes is ignored.
-PARAMETERS = ("temperature", "max_tokens", "top_p", "stop")
+PARAMETERS = (
+    "temperature",
+    "max_tokens",
+    "top_p",
+    "stop",
+    "tools",
+    "tool_choice",
+    "parallel_tool_calls",
+    "reasoning_effort",
+)
 
 
 class Echo(AbstractProvider):
@@ -23,6 +32,10 @@ class Echo(AbstractProvider):
     supports_stream = True
     supports_system_message = True
     supports_message_history = True
+    # Echo Chat takes OpenAI-style tools and streams reasoning: the hub routes
+    # requests with `tools` or `reasoning_effort` here, and nowhere that lacks them.
+    supports_tools = True
+    supports_reasoning = True
     models: Sequence[str] = ("echo-1", "echo-1-mini")
     model_aliases: Mapping[str, str] = {"echo": "echo-1"}
     default_model = "echo-1"
@@ -48,7 +61,8 @@ class Echo(AbstractProvider):
                 headers["authorization"] = f"Bearer {key}"
             events = call.stream_sse(url, payload, headers=headers, provider="Echo")
             try:
-                # markers: FinishReason/Usage for a hub; plain callers want str only.
+                # markers: tool-call fragments, reasoning, FinishReason and Usage for a
+                # hub (which assembles the calls); plain callers want str only.
                 yield from parse_chat_stream(events, "Echo", markers=call.markers)
             finally:
                 events.close()  # stopping early must close the connection at once
