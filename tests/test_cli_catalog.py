@@ -17,6 +17,7 @@ from pathlib import Path
 import pytest
 
 from plugin_dists import hook_module, write_dist, write_plugin
+from shipped import LOCAL_AVAILABLE, SHIPPED_PROVIDERS
 
 SHIPPED = "provhub_providers"
 PROVIDER_KEYS = {
@@ -156,8 +157,10 @@ def test_providers_table_says_where_an_overridden_url_comes_from(cli: Cli) -> No
 
 
 def test_providers_json_describes_every_provider(cli: Cli) -> None:
-    (lockchat,) = cli.json("providers")
-    assert set(lockchat) == PROVIDER_KEYS
+    described = cli.json("providers")
+    assert [p["name"] for p in described] == [*SHIPPED_PROVIDERS]
+    assert all(set(p) == PROVIDER_KEYS for p in described)
+    lockchat = described[0]
     assert lockchat["name"] == "Lockchat"
     assert lockchat["source"] == SHIPPED
     assert lockchat["url"] == "http://supertest.lockchat.app"
@@ -183,9 +186,9 @@ def test_providers_lists_third_party_plugin_providers_with_their_source(cli: Cli
 @pytest.mark.parametrize(
     ("require", "expected"),
     [
-        ("stream", ["Lockchat", "Acme"]),
-        ("stream,system_message", ["Lockchat"]),
-        ("STREAM|Message_History", ["Lockchat", "Acme"]),
+        ("stream", [*SHIPPED_PROVIDERS, "Acme"]),
+        ("stream,system_message", [*SHIPPED_PROVIDERS]),
+        ("STREAM|Message_History", [*SHIPPED_PROVIDERS, "Acme"]),
     ],
 )
 def test_providers_require_filters_by_capability(
@@ -201,9 +204,8 @@ def test_require_that_no_provider_meets_names_what_each_lacks_and_exits_3(cli: C
     result = cli("providers", "--require", "stream,auth")
     assert result.returncode == 3
     assert result.stdout == ""
-    assert result.stderr == (
-        "provhub: error: no provider has stream, auth: Lockchat lacks auth; Acme lacks auth\n"
-    )
+    lacking = "; ".join(f"{name} lacks auth" for name in [*SHIPPED_PROVIDERS, "Acme"])
+    assert result.stderr == f"provhub: error: no provider has stream, auth: {lacking}\n"
     as_json = cli("providers", "--require", "auth", "--json")
     assert (as_json.returncode, json.loads(as_json.stdout)) == (3, [])
 
@@ -264,7 +266,7 @@ def test_plugins_json_shape_for_the_shipped_plugin(cli: Cli) -> None:
     assert shipped["name"] == SHIPPED
     assert shipped["distribution"] == "provhub"
     assert shipped["status"] == "loaded"
-    assert shipped["providers"] == ["Lockchat"]
+    assert shipped["providers"] == [*SHIPPED_PROVIDERS]
     assert shipped["entry_point"] == "provhub_providers.plugin"
     assert (shipped["error"], shipped["stage"]) == (None, None)
     assert isinstance(shipped["version"], str)
@@ -293,7 +295,7 @@ def test_broken_plugin_is_shown_failed_while_lockchat_still_works(cli: Cli) -> N
 
     providers = cli("providers")
     assert providers.returncode == 0
-    assert list(table_rows(providers.stdout))[1:] == ["Lockchat"]
+    assert list(table_rows(providers.stdout))[1:] == [*SHIPPED_PROVIDERS]
 
 
 def test_plugins_shows_denied_plugins_as_disabled(cli: Cli) -> None:
@@ -345,9 +347,12 @@ def test_model_of_a_plugin_switched_off_by_a_typo_names_the_plugin_and_the_typo(
     result = cli("chat", "-m", "acme-1", "hi", PROVHUB_PLUGINS="acme-provhb")
     assert result.returncode == 3
     errors = [line for line in result.stderr.splitlines() if line.startswith("provhub: error:")]
+    known = (
+        "gemma-3-270m, gpt-3.5-turbo, gpt-4, local" if LOCAL_AVAILABLE else "gpt-3.5-turbo, gpt-4"
+    )
     assert errors == [
-        "provhub: error: no provider serves model 'acme-1' (known models: gpt-3.5-turbo, "
-        "gpt-4); disabled plugins may serve it: acme-provhub (not listed in PROVHUB_PLUGINS); "
+        f"provhub: error: no provider serves model 'acme-1' (known models: {known}); "
+        "disabled plugins may serve it: acme-provhub (not listed in PROVHUB_PLUGINS); "
         "PROVHUB_PLUGINS names 'acme-provhb', which matches no installed plugin; did you "
         "mean 'acme-provhub'? (installed: acme-provhub, provhub_providers)"
     ]

@@ -295,10 +295,23 @@ def test_chat_no_stream_prints_the_whole_answer(
 # -- chat: exit codes ----------------------------------------------------------------------
 
 
+def test_chat_without_a_model_or_a_default_exits_2(
+    provhub_cli: Run, cli_env: dict[str, str], tmp_path: Path, upstream: FakeUpstream
+) -> None:
+    # Without the shipped plugin there is no local model to default to (with it,
+    # `provhub chat hi` is the main job: tests/test_local.py).
+    cli_env["PROVHUB_DISABLE_PLUGINS"] = "provhub_providers"
+    config = write_config(tmp_path / "provhub.toml", lockchat=upstream.url)
+    result = provhub_cli("chat", "hi", config=config)
+    assert result.returncode == 2
+    assert_one_line_error(result.stderr)
+    assert "no model given" in result.stderr
+    assert result.stdout == ""
+
+
 @pytest.mark.parametrize(
     ("args", "stdin", "message"),
     [
-        pytest.param(["chat", "hi"], "", "no model given", id="missing-model"),
         pytest.param(["chat", "-m", "gpt-4", "--bogus", "hi"], "", "unrecognized", id="bad-flag"),
         pytest.param(["chat", "-m", "gpt-4", "-t", "warm", "hi"], "", "invalid float", id="bad-t"),
         pytest.param(

@@ -21,6 +21,7 @@ from provhub import Config, Hub
 from provhub._explain import endpoint_of
 from provhub._probe import ProbeStatus, probe_all
 from provhub.testing import Behaviour, FakeUpstream, unused_port_url
+from shipped import SHIPPED_PROVIDERS
 
 KEY_ENV = "PROVHUB_TEST_CHECK_KEY"
 
@@ -34,6 +35,11 @@ def cli(tmp_path: Path) -> Cli:
 def hanging() -> Iterator[HangingServer]:
     with HangingServer() as server:
         yield server
+
+
+def by_name(report: dict[str, Any]) -> dict[str, dict[str, Any]]:
+    """The report's probes by provider name."""
+    return {p["provider"]: p for p in report["providers"]}
 
 
 def check_json(cli: Cli, *args: str, **env: str) -> tuple[int, dict[str, Any]]:
@@ -68,7 +74,8 @@ def test_healthy_endpoint_lists_its_models_and_exits_0(cli: Cli, upstream: FakeU
         "searched": [str(cli.cwd / "provhub.toml")],
     }
     assert [p["name"] for p in report["plugins"]] == ["provhub_providers"]
-    lockchat, api = report["providers"]
+    assert [p["provider"] for p in report["providers"]] == [*SHIPPED_PROVIDERS, "api"]
+    lockchat, api = by_name(report)["Lockchat"], by_name(report)["api"]
     assert (lockchat["provider"], lockchat["status"], lockchat["detail"]) == (
         "Lockchat",
         "skip",
@@ -97,7 +104,7 @@ def test_a_refused_provider_fails_with_the_cause_and_what_to_do(cli: Cli) -> Non
         + ")"
     )
     assert lines[1].startswith("plugins  provhub_providers ")
-    assert lines[1].endswith(" loaded: Lockchat")
+    assert lines[1].endswith(" loaded: " + ", ".join(SHIPPED_PROVIDERS))
     assert lines[3].split() == ["provider", "status", "time", "url", "result"]
     row = lines[5]
     assert row.startswith("Lockchat  fail    ")
@@ -177,7 +184,7 @@ def test_named_providers_only_and_an_unknown_name_is_usage(
     assert wrong.returncode == 2
     assert one_error_line(wrong.stderr) == (
         "provhub: error: no provider named 'apj'; did you mean 'api'? "
-        "(registered: Lockchat, api, other)"
+        f"(registered: {', '.join([*SHIPPED_PROVIDERS, 'api', 'other'])})"
     )
 
 
@@ -247,7 +254,7 @@ def test_models_the_listing_does_not_name_are_pointed_out(cli: Cli, upstream: Fa
     cli.config(endpoints(api=upstream.base_url, models='["gpt-4o-mini", "gtp-4"]'))
     code, report = check_json(cli)
     assert code == 0
-    api = report["providers"][1]
+    api = by_name(report)["api"]
     assert api["missing_models"] == ["gtp-4"]
     assert api["detail"] == "GET /models: HTTP 200, 3 models listed; not listed: gtp-4"
     assert api["next_step"] == "check the model ids in [providers.api] against the listing"
@@ -258,7 +265,7 @@ def test_completion_is_sent_only_with_the_flag(cli: Cli, upstream: FakeUpstream)
     cli.config(endpoints(api=upstream.base_url))
     code, report = check_json(cli, "--completion")
     assert code == 0
-    api = report["providers"][1]
+    api = by_name(report)["api"]
     assert api["method"] == "completion"
     assert api["completion"]["ok"] is True
     assert api["completion"]["text"] == "OK"
@@ -273,7 +280,7 @@ def test_completion_failure_fails_the_check(cli: Cli, upstream: FakeUpstream) ->
     cli.config(endpoints(api=upstream.base_url))
     code, report = check_json(cli, "--completion")
     assert code == 4
-    api = report["providers"][1]
+    api = by_name(report)["api"]
     assert api["status"] == "fail"
     assert api["completion"]["ok"] is False
     # The check never retries: one POST.
@@ -283,7 +290,8 @@ def test_completion_failure_fails_the_check(cli: Cli, upstream: FakeUpstream) ->
 def test_lockchat_is_probed_at_its_v1_models(cli: Cli, upstream: FakeUpstream) -> None:
     code, report = check_json(cli, PROVHUB_LOCKCHAT_URL=upstream.url)
     assert code == 0
-    (lockchat,) = report["providers"]
+    assert [p["provider"] for p in report["providers"]] == [*SHIPPED_PROVIDERS]
+    lockchat = by_name(report)["Lockchat"]
     assert (lockchat["url"], lockchat["url_origin"], lockchat["url_env"]) == (
         upstream.url,
         "env",

@@ -268,9 +268,15 @@ SPEC_EVENTS = {
 REQUEST_FIELDS = {"request_id", "model", "provider", "attempt"}
 
 
-def _documented_events() -> dict[str, tuple[str, str]]:
-    """Event name -> (level, its section of events.md)."""
-    text = page("events.md")
+def _documented_events(*, providers: bool = False) -> dict[str, tuple[str, str]]:
+    """Event name -> (level, its section of events.md).
+
+    provhub's own events, or (``providers=True``) those under "Provider events":
+    the shipped providers' own, checked where the provider runs (tests/test_local.py).
+    """
+    full = page("events.md")
+    own = section(full, "## Provider events")
+    text = own if providers else full.replace(own, "")
     events = {}
     for name in re.findall(r"^### `([a-z_]+\.[a-z_]+)`$", text, re.MULTILINE):
         part = section(text, f"### `{name}`")

@@ -47,7 +47,7 @@ def env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> pytest.MonkeyPatch:
 
 
 def endpoint(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
-    """A ``[providers.local]`` table for the fake upstream."""
+    """A ``[providers.ollama]`` table for the fake upstream."""
     table: dict[str, Any] = {
         "type": "openai-compatible",
         "base_url": upstream.base_url,
@@ -60,9 +60,9 @@ def endpoint(upstream: FakeUpstream, **overrides: Any) -> dict[str, Any]:
 
 @pytest.fixture
 def hub(env: pytest.MonkeyPatch, upstream: FakeUpstream, make_hub: Any) -> Hub:
-    """A hub with one openai-compatible endpoint ``local`` on the fake upstream."""
+    """A hub with one openai-compatible endpoint ``ollama`` on the fake upstream."""
     created: Hub = make_hub(
-        {"local": endpoint(upstream, headers={"x-org": "provhub-tests"})}, load_plugins=True
+        {"ollama": endpoint(upstream, headers={"x-org": "provhub-tests"})}, load_plugins=True
     )
     return created
 
@@ -73,14 +73,14 @@ def hub(env: pytest.MonkeyPatch, upstream: FakeUpstream, make_hub: Any) -> Hub:
 def test_config_table_creates_an_instance_serving_its_models(hub: Hub) -> None:
     (info,) = hub.providers(model="local-model")
 
-    assert info.name == "local"
+    assert info.name == "ollama"
     assert isinstance(info.provider, OpenAICompatible)
-    assert info.provider.url == hub.config.provider("local").url  # type: ignore[union-attr]
+    assert info.provider.url == hub.config.provider("ollama").url  # type: ignore[union-attr]
     assert set(info.models) == {"local-model", "local-large"}
     assert info.needs_auth is True
     assert info.flags["supports_stream"] is True
     assert info.source.startswith("config")
-    assert [i.name for i in hub.providers(model="local-large")] == ["local"]
+    assert [i.name for i in hub.providers(model="local-large")] == ["ollama"]
 
 
 def test_two_tables_create_two_independent_endpoints(
@@ -92,7 +92,7 @@ def test_two_tables_create_two_independent_endpoints(
     env.setenv("PROVHUB_TEST_OTHER_KEY", "other-key-0123")
     hub = make_hub(
         {
-            "local": endpoint(upstream),
+            "ollama": endpoint(upstream),
             "other": endpoint(
                 second_upstream, api_key_env="PROVHUB_TEST_OTHER_KEY", models=["other-model"]
             ),
@@ -112,7 +112,7 @@ def test_config_aliases_route_to_the_real_model_id(
     env: pytest.MonkeyPatch, upstream: FakeUpstream, make_hub: Any
 ) -> None:
     hub = make_hub(
-        {"local": endpoint(upstream, aliases={"fast": "local-model"})}, load_plugins=True
+        {"ollama": endpoint(upstream, aliases={"fast": "local-model"})}, load_plugins=True
     )
 
     assert hub.complete("fast", HI).text == Behaviour().text()
@@ -131,7 +131,7 @@ def test_stream_sends_bearer_key_config_headers_and_include_usage(
         tokens = list(stream)
 
     assert tokens == ["Hi", "!"]
-    assert stream.provider == "local"
+    assert stream.provider == "ollama"
     assert stream.finish_reason == "length"
     assert stream.usage == Usage(prompt_tokens=2, completion_tokens=2, total_tokens=4)
     (sent,) = upstream.requests
@@ -153,7 +153,7 @@ def test_non_stream_request_uses_the_json_answer(hub: Hub, upstream: FakeUpstrea
     result = hub.complete("local-model", HI)
 
     assert result.text == "Hello world"
-    assert result.provider == "local"
+    assert result.provider == "ollama"
     assert result.finish_reason == "length"
     assert result.usage == Usage(prompt_tokens=2, completion_tokens=2, total_tokens=4)
     (sent,) = upstream.requests
@@ -202,7 +202,7 @@ def test_provider_timeouts_from_config_apply_to_its_calls(
 ) -> None:
     # The router allows 10 s of idle; the endpoint's own table allows 0.3 s.
     hub = make_hub(
-        {"local": endpoint(upstream, timeouts={"idle": 0.3})},
+        {"ollama": endpoint(upstream, timeouts={"idle": 0.3})},
         load_plugins=True,
         timeouts={"connect": 2.0, "first_token": 10.0, "idle": 10.0, "total": 20.0},
     )
@@ -245,7 +245,7 @@ def test_missing_key_excludes_the_provider_with_a_reason(
 
     assert plan.candidates == ()
     reason = f"needs credentials: environment variable {KEY_ENV} is not set"
-    assert dict(plan.excluded) == {"local": reason}
+    assert dict(plan.excluded) == {"ollama": reason}
     with pytest.raises(NoProviderError, match=KEY_ENV):
         hub.stream("local-model", HI)
     assert upstream.requests == []
@@ -301,7 +301,7 @@ def test_key_echoed_by_the_upstream_is_masked_in_the_error(
             + b'"}}',
         )
     )
-    provider = OpenAICompatible("local", upstream.base_url, ["local-model"], api_key_env=KEY_ENV)
+    provider = OpenAICompatible("ollama", upstream.base_url, ["local-model"], api_key_env=KEY_ENV)
 
     with pytest.raises(requests.HTTPError) as caught:
         list(provider.create_completion("local-model", HI, True))
@@ -314,7 +314,7 @@ def test_instance_called_directly_outside_a_hub_streams_tokens(
     env: pytest.MonkeyPatch, upstream: FakeUpstream
 ) -> None:
     upstream.script(Behaviour(tokens=("a", "b")))
-    provider = OpenAICompatible("local", upstream.base_url, ["local-model"], api_key_env=KEY_ENV)
+    provider = OpenAICompatible("ollama", upstream.base_url, ["local-model"], api_key_env=KEY_ENV)
 
     items = list(provider.create_completion("local-model", HI, True, temperature=0.5))
 
@@ -339,7 +339,7 @@ def test_malformed_json_answer_is_a_provider_failure_not_a_raw_key_error(
 
 
 def write_config(tmp_path: Path, table: Mapping[str, Any]) -> Path:
-    """A provhub.toml holding ``[providers.local]`` = ``table`` (strings, lists, tables)."""
+    """A provhub.toml holding ``[providers.ollama]`` = ``table`` (strings, lists, tables)."""
 
     def value(item: Any) -> str:
         if isinstance(item, str):
@@ -352,7 +352,7 @@ def write_config(tmp_path: Path, table: Mapping[str, Any]) -> Path:
             return "{" + ", ".join(f'"{k}" = {value(v)}' for k, v in item.items()) + "}"
         return str(item)
 
-    lines = ["[providers.local]", *(f"{key} = {value(v)}" for key, v in table.items())]
+    lines = ["[providers.ollama]", *(f"{key} = {value(v)}" for key, v in table.items())]
     path = tmp_path / "endpoint.toml"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path
@@ -361,15 +361,15 @@ def write_config(tmp_path: Path, table: Mapping[str, Any]) -> Path:
 @pytest.mark.parametrize(
     ("overrides", "key", "reason"),
     [
-        ({"base_url": None}, "providers.local", "base_url is required"),
-        ({"models": None}, "providers.local", "models must list at least one"),
-        ({"colour": "red"}, "providers.local", "unknown key 'colour'"),
-        ({"type": "openai-compatibel"}, "providers.local.type", "unknown provider type"),
-        ({"api_key": SENTINEL}, "providers.local.api_key", "environment variable"),
-        ({"base_url": "ftp://example.com"}, "providers.local.base_url", "http://"),
-        ({"headers": {"x-n": 1}}, "providers.local.headers", "must be strings"),
-        ({"models": "local-model"}, "providers.local.models", "list of model id"),
-        ({"timeouts": {"idle": -1}}, "providers.local.timeouts.idle", "above 0"),
+        ({"base_url": None}, "providers.ollama", "base_url is required"),
+        ({"models": None}, "providers.ollama", "models must list at least one"),
+        ({"colour": "red"}, "providers.ollama", "unknown key 'colour'"),
+        ({"type": "openai-compatibel"}, "providers.ollama.type", "unknown provider type"),
+        ({"api_key": SENTINEL}, "providers.ollama.api_key", "environment variable"),
+        ({"base_url": "ftp://example.com"}, "providers.ollama.base_url", "http://"),
+        ({"headers": {"x-n": 1}}, "providers.ollama.headers", "must be strings"),
+        ({"models": "local-model"}, "providers.ollama.models", "list of model id"),
+        ({"timeouts": {"idle": -1}}, "providers.ollama.timeouts.idle", "above 0"),
     ],
     ids=[
         "missing-base-url",
@@ -412,7 +412,7 @@ def test_type_is_unknown_without_the_shipped_plugin(
     with pytest.raises(ConfigError, match="unknown provider type") as caught:
         Hub(path, load_plugins=True)
 
-    assert caught.value.key == "providers.local.type"
+    assert caught.value.key == "providers.ollama.type"
 
 
 def test_shipped_type_works_when_plugins_are_not_loaded(
@@ -422,7 +422,7 @@ def test_shipped_type_works_when_plugins_are_not_loaded(
     path = write_config(tmp_path, endpoint(upstream))
 
     with Hub(path, load_plugins=False) as hub:
-        assert [i.name for i in hub.providers()] == ["local"]  # no Lockchat, no plugin
+        assert [i.name for i in hub.providers()] == ["ollama"]  # no Lockchat, no plugin
         assert hub.plugins == ()
         assert hub.complete("local-model", HI).text == Behaviour().text()
 
@@ -465,7 +465,8 @@ def test_a_plugin_type_with_plugins_off_says_exactly_how_to_fix_it(
         Hub(path, load_plugins=False)
 
     assert caught.value.reason == (
-        "unknown provider type 'acme-gateway' (known: openai-compatible); this hub was built "
+        "unknown provider type 'acme-gateway' (known: local, openai-compatible); this hub was "
+        "built "
         "with load_plugins=False, which offers only the types that ship with provhub; use "
         "Hub(load_plugins=True), or pass config= explicitly so no stray provhub.toml is read"
     )

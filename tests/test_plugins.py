@@ -26,6 +26,7 @@ import structlog.testing
 
 from plugin_dists import Dist, hook_module, provider_class, write_dist, write_plugin
 from provhub import Config, Hub, PluginLoadError, PluginRecord, PluginStatus
+from shipped import SHIPPED_PROVIDERS
 
 SHIPPED = "provhub_providers"
 
@@ -117,9 +118,9 @@ def test_third_party_plugin_loads_beside_shipped_lockchat(
     assert (acme.error, acme.stage) == (None, None)
     shipped = record(hub, SHIPPED)
     assert (shipped.status, shipped.distribution) == (PluginStatus.LOADED, "provhub")
-    assert shipped.providers == ("Lockchat",)
+    assert shipped.providers == SHIPPED_PROVIDERS
     # Shipped providers first, then third-party ones in their registration order.
-    assert names(hub) == ["Lockchat", "Acme", "AcmeLite"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Acme", "AcmeLite"]
     by_name = {info.name: info for info in hub.providers()}
     assert by_name["Lockchat"].source == SHIPPED
     assert by_name["Acme"].source == "acme-provhub"
@@ -151,8 +152,11 @@ def test_classmethod_and_instance_providers_register_from_a_plugin(site: Path) -
 def test_two_hubs_load_the_same_plugin_independently(site: Path) -> None:
     write_plugin(site, "acme-provhub", ["Acme"])
     first, second = make_hub(), make_hub()
-    assert names(first) == names(second) == ["Lockchat", "Acme"]
-    assert first.providers()[1].provider is second.providers()[1].provider
+    assert names(first) == names(second) == [*SHIPPED_PROVIDERS, "Acme"]
+    assert (
+        first.providers()[len(SHIPPED_PROVIDERS)].provider
+        is second.providers()[len(SHIPPED_PROVIDERS)].provider
+    )
 
 
 def test_plugin_offers_a_provider_type_for_config_tables(site: Path) -> None:
@@ -309,7 +313,7 @@ def test_broken_plugin_is_recorded_and_skipped_while_others_load(
     assert (broken.distribution, broken.version) == ("broken-plugin", "0.9")
     assert record(hub, "zz-good-plugin").status is PluginStatus.LOADED
     # All or nothing: "Fine" was registered before the failure and must be gone.
-    assert names(hub) == ["Lockchat", "Good"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Good"]
     (failed,) = events_named(events, "plugin.failed")
     assert failed["plugin"] == "broken-plugin"
     assert failed["distribution"] == "broken-plugin"
@@ -327,7 +331,7 @@ def test_plugin_registers_all_of_its_providers_or_none(site: Path) -> None:
     write_dist(site, "partial", hook_module(body, register=["First", "Second", "Third"]))
     hub = make_hub()
     assert record(hub, "partial").stage == "register"
-    assert names(hub) == ["Lockchat"]
+    assert names(hub) == [*SHIPPED_PROVIDERS]
     assert hub.providers(model="shared-1") == []
 
 
@@ -343,8 +347,8 @@ def test_duplicate_provider_name_fails_the_later_plugin_naming_both_sources(site
     assert "beta-plugin" in beta.error
     assert "duplicate name" in beta.error
     # The first owner keeps the name; none of the loser's providers get in.
-    assert names(hub) == ["Lockchat", "Acme"]
-    assert hub.providers()[1].source == "alpha-plugin"
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Acme"]
+    assert hub.providers()[len(SHIPPED_PROVIDERS)].source == "alpha-plugin"
 
 
 def test_duplicate_within_one_plugin_is_rejected(site: Path) -> None:
@@ -352,7 +356,7 @@ def test_duplicate_within_one_plugin_is_rejected(site: Path) -> None:
     write_dist(site, "twins", hook_module(body, register=["Twin", "Twin"]))
     hub = make_hub()
     assert record(hub, "twins").stage == "register"
-    assert names(hub) == ["Lockchat"]
+    assert names(hub) == [*SHIPPED_PROVIDERS]
 
 
 def test_third_party_cannot_take_the_shipped_lockchat_name(site: Path) -> None:
@@ -362,7 +366,8 @@ def test_third_party_cannot_take_the_shipped_lockchat_name(site: Path) -> None:
     assert impostor.stage == "register"
     assert impostor.error is not None
     assert SHIPPED in impostor.error
-    (lockchat,) = hub.providers()
+    assert names(hub) == [*SHIPPED_PROVIDERS]
+    lockchat = hub.providers()[0]
     assert (lockchat.name, lockchat.source) == ("Lockchat", SHIPPED)
 
 
@@ -387,7 +392,7 @@ def test_entry_point_to_a_missing_attribute_fails_at_import(site: Path) -> None:
     hub = make_hub()
     failed = record(hub, "wrong-target")
     assert (failed.status, failed.stage) == (PluginStatus.FAILED, "import")
-    assert names(hub) == ["Lockchat"]
+    assert names(hub) == [*SHIPPED_PROVIDERS]
 
 
 # -- strict mode -------------------------------------------------------------------------------
@@ -418,7 +423,7 @@ def test_strict_hub_raises_plugin_load_error_naming_plugin_and_stage(
 
 def test_strict_hub_loads_normally_when_every_plugin_is_fine(site: Path) -> None:
     write_plugin(site, "acme-provhub", ["Acme"])
-    assert names(make_hub(strict=True)) == ["Lockchat", "Acme"]
+    assert names(make_hub(strict=True)) == [*SHIPPED_PROVIDERS, "Acme"]
 
 
 # -- allow and deny lists ----------------------------------------------------------------------
@@ -448,7 +453,7 @@ def test_all_plugins_load_when_provhub_plugins_is_unset(
     guarded: dict[str, tuple[Dist, Path]],
 ) -> None:
     hub = make_hub()
-    assert names(hub) == ["Lockchat", "Acme", "Beta", "Gamma"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Acme", "Beta", "Gamma"]
     assert all(marker.exists() for _, marker in guarded.values())
 
 
@@ -457,7 +462,7 @@ def test_empty_provhub_plugins_loads_only_shipped_providers(
 ) -> None:
     monkeypatch.setenv("PROVHUB_PLUGINS", "")
     hub = make_hub()
-    assert names(hub) == ["Lockchat"]
+    assert names(hub) == [*SHIPPED_PROVIDERS]
     for ep_name, (dist, marker) in guarded.items():
         disabled = record(hub, ep_name)
         assert disabled.status is PluginStatus.DISABLED
@@ -480,7 +485,7 @@ def test_provhub_plugins_loads_only_the_listed_plugins(
 ) -> None:
     monkeypatch.setenv("PROVHUB_PLUGINS", allow)
     hub = make_hub()
-    assert names(hub) == ["Lockchat", "Acme", "Gamma"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Acme", "Gamma"]
     assert record(hub, "beta").status is PluginStatus.DISABLED
     assert_never_imported(*guarded["beta"])
     assert guarded["acme"][1].exists()
@@ -496,7 +501,7 @@ def test_provhub_disable_plugins_denies_by_entry_point_or_distribution(
     assert beta.status is PluginStatus.DISABLED
     assert beta.error is not None
     assert "PROVHUB_DISABLE_PLUGINS" in beta.error
-    assert names(hub) == ["Lockchat", "Acme", "Gamma"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Acme", "Gamma"]
     assert_never_imported(*guarded["beta"])
 
 
@@ -506,7 +511,7 @@ def test_deny_wins_over_allow(
     monkeypatch.setenv("PROVHUB_PLUGINS", "acme,beta")
     monkeypatch.setenv("PROVHUB_DISABLE_PLUGINS", "acme")
     hub = make_hub()
-    assert names(hub) == ["Lockchat", "Beta"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Beta"]
     assert_never_imported(*guarded["acme"])
     assert_never_imported(*guarded["gamma"])
 
@@ -547,7 +552,7 @@ def test_distribution_visible_twice_on_sys_path_loads_once(
 
     hub = make_hub(strict=True)
     assert record(hub, "acme-provhub").status is PluginStatus.LOADED
-    assert names(hub) == ["Lockchat", "Acme"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Acme"]
 
 
 def test_shipped_plugin_loads_first_then_third_party_by_distribution_name(site: Path) -> None:
@@ -555,7 +560,7 @@ def test_shipped_plugin_loads_first_then_third_party_by_distribution_name(site: 
     write_plugin(site, "aardvark-plugin", ["Aardvark"])
     hub = make_hub()
     assert [p.name for p in hub.plugins] == [SHIPPED, "aardvark-plugin", "zeta-plugin"]
-    assert names(hub) == ["Lockchat", "Aardvark", "Zeta"]
+    assert names(hub) == [*SHIPPED_PROVIDERS, "Aardvark", "Zeta"]
 
 
 def test_plugin_record_as_dict_is_json_ready(site: Path) -> None:
@@ -660,7 +665,7 @@ def test_pip_installed_wheel_is_discovered_without_touching_provhub(tmp_path: Pa
     env.update(PYTHONPATH=str(target), XDG_CONFIG_HOME=str(tmp_path / "xdg"))
     providers = json.loads(run("-m", "provhub", "providers", "--json", cwd=tmp_path, env=env))
     assert [(p["name"], p["source"]) for p in providers] == [
-        ("Lockchat", SHIPPED),
+        *((name, SHIPPED) for name in SHIPPED_PROVIDERS),
         ("AcmeWheel", "acme-wheel"),
     ]
     plugins = {

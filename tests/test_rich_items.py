@@ -388,7 +388,7 @@ def test_per_model_capabilities_from_config_tables(
 ) -> None:
     hub = make_hub(
         {
-            "local": {
+            "ollama": {
                 "type": "openai-compatible",
                 "url": upstream.base_url,
                 "models": ["llama-3", "llava", "qwen-coder"],
@@ -398,7 +398,7 @@ def test_per_model_capabilities_from_config_tables(
         },
         load_plugins=True,
     )
-    info = next(p for p in hub.providers() if p.name == "local")
+    info = next(p for p in hub.providers() if p.name == "ollama")
     assert Capability.TOOLS in info.capabilities_for("llama-3")
     assert (
         info.capabilities_for("llava") & (Capability.TOOLS | Capability.VISION) == Capability.VISION
@@ -407,11 +407,11 @@ def test_per_model_capabilities_from_config_tables(
     # llava is declared without tools: a tools request for it says so, naming the model.
     plan = hub.route("llava", MESSAGES, tools=TOOLS)
     assert plan.candidates == ()
-    assert plan.excluded == (("local", "lacks capabilities for model 'llava': tools"),)
+    assert plan.excluded == (("ollama", "lacks capabilities for model 'llava': tools"),)
     with pytest.raises(NoProviderError, match="lacks capabilities for model 'llava': tools"):
         hub.complete("llava", MESSAGES, tools=TOOLS)
     assert [p.name for p in hub.providers("llava", Capability.TOOLS)] == []
-    assert [p.name for p in hub.providers("llama-3", Capability.TOOLS)] == ["local"]
+    assert [p.name for p in hub.providers("llama-3", Capability.TOOLS)] == ["ollama"]
     upstream.script(TOOL_ANSWER)
     assert hub.complete("llama-3", MESSAGES, tools=TOOLS).tool_calls == CALLS
     upstream.script(Behaviour(tokens=("a cat",)))

@@ -478,7 +478,7 @@ def test_config_created_providers_warn_at_hub_creation(tmp_path: Path) -> None:
             api_key_env = "{KEY_ENV}"
             models = ["gpt-4"]
 
-            [providers.local]
+            [providers.loopback]
             type = "openai-compatible"
             url = "http://127.0.0.1:11434/v1"
             api_key_env = "{KEY_ENV}"

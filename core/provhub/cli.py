@@ -645,7 +645,12 @@ def _cmd_chat(ctx: _Context) -> int:
     messages = [{"role": "user", "content": prompt}]
     if args.system:
         messages.insert(0, {"role": "system", "content": args.system})
-    hub = ctx.hub(progress=True)
+    # With --log-format json stderr holds JSON events only (the load is among them).
+    console = args.log_format == "console"
+    hub = ctx.hub(progress=console)
+    announced: dict[str, str] = {}
+    if args.model is None:
+        hub.subscribe(functools.partial(_note_model_id, announced))
     try:
         if args.no_stream:
             result = hub.complete(args.model, messages, args.provider, require, **params)
@@ -656,6 +661,8 @@ def _cmd_chat(ctx: _Context) -> int:
                     result = stream.complete()
                 else:
                     _print_stream(stream, args.show_reasoning)
+                    if args.model is None and console:
+                        _answered_by(hub, announced, stream.provider, stream.model, stream.usage)
                     return EXIT_OK
     except InvalidRequestError as exc:
         _name_the_file(exc, args)
@@ -668,7 +675,34 @@ def _cmd_chat(ctx: _Context) -> int:
     if result.text:
         sys.stdout.write(result.text + "\n")
     _print_tail(result.text, result.tool_calls, result.refusal, result.finish_reason)
+    if args.model is None and console:
+        _answered_by(hub, announced, result.provider, result.model, result.usage)
     return EXIT_OK
+
+
+def _note_model_id(announced: dict[str, str], event: Mapping[str, Any]) -> None:
+    # A provider event with ``model_id`` (local.loaded) names the model it runs,
+    # which a configured model_path can make differ from the id it registered.
+    if "model_id" in event and event.get("provider"):
+        announced[str(event["provider"])] = str(event["model_id"])
+
+
+def _answered_by(
+    hub: Hub, announced: Mapping[str, str], provider: str | None, model: str, usage: Any
+) -> None:
+    """Name the model that answered when the user did not choose one (SPEC §12).
+
+    ``provhub: answered by local (gemma-3-270m), 64 tokens``: the model the
+    provider announced, else the id behind the alias (``local`` hides it).
+    """
+    served = announced.get(provider or "")
+    if served is None:
+        info = next((i for i in hub.providers() if i.name == provider), None)
+        served = info.aliases.get(model, model) if info is not None else model
+    tokens = getattr(usage, "completion_tokens", None)
+    count = f", {tokens} tokens" if tokens is not None else ""
+    sys.stdout.flush()
+    print(f"provhub: answered by {provider} ({served}){count}", file=sys.stderr)
 
 
 def _print_stream(stream: Stream, show_reasoning: bool) -> None:
