@@ -26,6 +26,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
+import shutil
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -46,7 +50,7 @@ from provhub import Config, FinishReason, Hub
 from provhub_providers import OpenAICompatible
 
 from .baseline import MESSAGES
-from .server import Upstreams
+from .server import REPO, Upstreams
 from .workloads import interleave, median, paired_difference, paired_ratio
 
 MODEL = "gpt-4"
@@ -196,6 +200,65 @@ def _profile(hub: Hub, requests: int) -> str:
     return str(profiler.output_text(unicode=False, color=False))
 
 
+def _child(state: str, url: str, requests: int) -> None:
+    """``--child``: one state, ``requests`` requests after a warm-up, then exit at once.
+
+    Run under callgrind by :func:`_instructions`; the difference between a run
+    with ``requests`` and one with 0 is the requests' instruction count.
+    """
+    hub = Hub(Config(), load_plugins=False)
+    if url == "no-io":
+        hub.register(_Constant)
+    else:
+        hub.register(OpenAICompatible("bench", url, [MODEL]))
+    states = States(hub)
+    getattr(states, state)()
+    for _ in range(200):
+        hub.complete(MODEL, MESSAGES)
+    for _ in range(requests):
+        hub.complete(MODEL, MESSAGES)
+    os._exit(0)  # no interpreter shutdown in the count
+
+
+def _instructions(url: str, requests: int) -> dict[str, float]:
+    """Instructions per request of each state, counted by valgrind's callgrind.
+
+    Instruction counts do not move with the load of a shared machine the way
+    timings do (the same work counts the same, within a fraction of a percent).
+    """
+    counts: dict[str, float] = {}
+    env = {**os.environ, "PYTHONHASHSEED": "0"}
+    for state in ("plain", "noop", "sdk"):
+        totals = []
+        for n in (0, requests):
+            done = subprocess.run(
+                [
+                    "valgrind",
+                    "--tool=callgrind",
+                    "--callgrind-out-file=/dev/null",
+                    sys.executable,
+                    "-m",
+                    "tests.benchmarks.telemetry",
+                    "--child",
+                    state,
+                    url,
+                    str(n),
+                ],
+                cwd=REPO,
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=1800,
+                check=True,
+            )
+            found = re.search(r"Collected : (\d+)", done.stderr)
+            if found is None:
+                raise RuntimeError(f"no instruction count from callgrind: {done.stderr[-500:]}")
+            totals.append(int(found.group(1)))
+        counts[state] = (totals[1] - totals[0]) / requests
+    return counts
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run both workloads and print a table and a JSON document."""
     parser = argparse.ArgumentParser(prog="python -m tests.benchmarks.telemetry")
@@ -203,8 +266,18 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--requests", type=int, default=400)
     parser.add_argument("--quick", action="store_true")
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument(
+        "--instructions",
+        action="store_true",
+        help="also count instructions per request with valgrind (slow; noise-free)",
+    )
+    parser.add_argument("--child", nargs=3, metavar=("STATE", "URL", "N"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.child:
+        _child(args.child[0], args.child[1], int(args.child[2]))
     rounds, requests = (3, 100) if args.quick else (args.rounds, args.requests)
+    if args.instructions and shutil.which("valgrind") is None:
+        parser.error("--instructions needs valgrind (apt-get install valgrind)")
 
     report: dict[str, Any] = {"rounds": rounds}
     with Upstreams() as upstreams:
@@ -213,9 +286,13 @@ def main(argv: list[str] | None = None) -> int:
         assert hub.complete(MODEL, MESSAGES).text == "w0 w1 w2 "
         report["loopback"] = _workload(hub, requests, rounds)
         hub.close()
+        if args.instructions:
+            report["loopback"]["instructions"] = _instructions(upstreams.short_url, 300)
     machinery = Hub(Config(), load_plugins=False)
     machinery.register(_Constant)
     report["no_io"] = _workload(machinery, requests * 5, rounds)
+    if args.instructions:
+        report["no_io"]["instructions"] = _instructions("no-io", 1000)
     if args.profile:
         report["profile"] = _profile(machinery, requests * 10)
 
@@ -229,6 +306,25 @@ def main(argv: list[str] | None = None) -> int:
                 f"{name:<9} {clock:<5} {r['us_per_request']['plain']:9.1f} "
                 f"{r['added_us']['noop']:9.1f} {r['ratio']['noop']:6.3f} "
                 f"{r['added_us']['sdk']:8.1f} {r['ratio']['sdk']:6.3f}"
+            )
+    if args.instructions:
+        print("instructions per request (callgrind), added by each state, and as a ratio:")
+        for name in ("loopback", "no_io"):
+            counts = report[name]["instructions"]
+            plain = counts["plain"]
+            # Microseconds at this run's fastest plain block: the least disturbed
+            # speed of this machine for this work.
+            per_us = plain / min(report[name]["wall"]["rounds_us_per_request"]["plain"])
+            report[name]["instructions_added_us_estimate"] = {
+                n: (counts[n] - plain) / per_us for n in ("noop", "sdk")
+            }
+            print(
+                f"{name:<9} plain {plain / 1000:7.1f}k  "
+                + "  ".join(
+                    f"{n} +{(counts[n] - plain) / 1000:.1f}k ({counts[n] / plain:.3f}x, "
+                    f"~{(counts[n] - plain) / per_us:.1f} us)"
+                    for n in ("noop", "sdk")
+                )
             )
     for clock in ("wall", "cpu"):
         added = report["loopback"][clock]["added_us"]
