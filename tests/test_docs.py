@@ -365,6 +365,8 @@ with FakeUpstream() as a, FakeUpstream() as b:
     except StreamInterruptedError:
         pass
     hub.complete("m", HI, provider="one")  # a success resets one's failure count
+    with hub.stream("m", HI, provider="two") as early:  # closed early: stream.cancelled
+        next(iter(early))
     a.script(Behaviour(status=503), Behaviour(status=503))
     hub.complete("m", HI)  # one fails twice (its circuit opens), two answers
     a.default = b.default = Behaviour(status=500)

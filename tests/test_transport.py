@@ -193,6 +193,50 @@ def test_streams_read_to_the_end_reuse_one_pooled_connection(
     assert upstream.connections_accepted == 1
 
 
+@pytest.mark.parametrize("mode", ["stream", "json"])
+def test_cancelling_a_finished_call_leaves_its_pooled_connection_alone(
+    upstream: FakeUpstream, transport: Transport, mode: str
+) -> None:
+    # A finished call's socket went back to the pool; a late cancel of that call (an
+    # async stream closed after its end) must not shut down the connection that the
+    # next request is about to reuse.
+    token = CancelToken()
+    if mode == "stream":
+        list(sse(transport, upstream, cancel=token))
+    else:
+        transport.post_json(
+            chat_url(upstream), body(False), headers={}, timeouts=FAST, provider="f", cancel=token
+        )
+    token.cancel()
+    assert text_of(chat(transport, upstream)) == Behaviour().text()
+    assert upstream.connections_accepted == 1
+
+
+def test_more_threads_than_pooled_connections_never_fail(upstream: FakeUpstream) -> None:
+    # 40 threads over a pool of 32: connections returned to a full pool are closed, and
+    # a finished read must not touch its socket afterwards (it was EBADF, or another
+    # thread's connection).
+    pooled = Transport()
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        for _ in range(15):
+            try:
+                post(pooled, upstream)
+            except Exception as exc:
+                errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(40)]
+    try:
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(30)
+    finally:
+        pooled.close()
+    assert errors == []
+
+
 def test_closing_the_iterator_early_closes_the_response_at_once(
     upstream: FakeUpstream, transport: Transport
 ) -> None:

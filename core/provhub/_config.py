@@ -24,6 +24,7 @@ __all__ = [
     "Limits",
     "ProviderConfig",
     "RouterConfig",
+    "ServerConfig",
     "Strategy",
     "TelemetryConfig",
     "Timeouts",
@@ -154,6 +155,29 @@ class ConfigSource:
 
 
 @dataclass(frozen=True, slots=True)
+class ServerConfig:
+    """The ``[server]`` table: settings of ``provhub serve`` (SPEC §13).
+
+    ``api_keys_env`` names the environment variable holding the accepted
+    bearer keys (comma- or whitespace-separated); without it the server binds
+    to loopback only. ``max_body_bytes`` caps a request body (413 above it);
+    ``deadline`` is the most seconds one request may take (504 before the
+    first token, an in-band error after it). ``host``, ``port`` and ``workers``
+    are the defaults of the command's options. ``metrics_auth`` makes
+    ``/metrics`` require a key too (it is open by default, as Prometheus
+    scrapers expect).
+    """
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    workers: int = 1
+    api_keys_env: str | None = None
+    max_body_bytes: int = 16 * 1024 * 1024
+    deadline: float = 600.0
+    metrics_auth: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class TelemetryConfig:
     """The ``[telemetry]`` table (SPEC §16).
 
@@ -176,6 +200,7 @@ class Config:
     router: RouterConfig = RouterConfig()
     providers: Mapping[str, ProviderConfig] = field(default_factory=dict)
     limits: Limits = Limits()
+    server: ServerConfig = ServerConfig()
     telemetry: TelemetryConfig = TelemetryConfig()
     log_content: bool = False
     path: str | None = None
@@ -374,9 +399,12 @@ class _Parser:
 
     def config(self, data: Mapping[str, Any]) -> Config:
         data = self.table(data, "<root>")
-        self.unknown(data, "", {"router", "providers", "limits", "log_content", "telemetry"})
+        self.unknown(
+            data, "", {"router", "providers", "limits", "log_content", "server", "telemetry"}
+        )
         router = self.router(data.get("router", {}))
         limits = self.limits(data.get("limits", {}))
+        server = self.server(data.get("server", {}))
         telemetry = self.telemetry(data.get("telemetry", {}))
         providers: dict[str, ProviderConfig] = {}
         for name, table in self.table(data.get("providers", {}), "providers").items():
@@ -386,6 +414,7 @@ class _Parser:
             router=router,
             providers=providers,
             limits=limits,
+            server=server,
             telemetry=telemetry,
             log_content=log_content,
             path=self.path,
@@ -418,6 +447,35 @@ class _Parser:
         table = self.table(data, "limits")
         self.unknown(table, "limits", {f.name for f in fields(Limits)})
         return Limits(**{k: self.integer(v, f"limits.{k}", minimum=1) for k, v in table.items()})
+
+    def server(self, data: Any) -> ServerConfig:
+        table = self.table(data, "server")
+        self.unknown(table, "server", {f.name for f in fields(ServerConfig)})
+        values: dict[str, Any] = {}
+        for key, value in table.items():
+            dotted = f"server.{key}"
+            if key in {"host", "api_keys_env"}:
+                values[key] = self.string(value, dotted)
+            elif key == "port":
+                port = self.integer(value, dotted, minimum=0)
+                if port > 65535:
+                    raise self.fail(dotted, f"must be a TCP port 0-65535, got {port!r}")
+                values[key] = port
+            elif key in {"workers", "max_body_bytes"}:
+                values[key] = self.integer(value, dotted, minimum=1)
+            elif key == "deadline":
+                values[key] = self.number(value, dotted)
+            else:
+                values[key] = self.boolean(value, dotted)
+        keys_env = values.get("api_keys_env")
+        if keys_env is not None and (not keys_env.isidentifier() or keys_env.startswith("sk-")):
+            # The usual mistake: the key itself where its variable's name belongs.
+            raise self.fail(
+                "server.api_keys_env",
+                "must name an environment variable (e.g. PROVHUB_API_KEYS), not hold a key; "
+                "secrets are not read from the config file",
+            )
+        return ServerConfig(**values)
 
     def telemetry(self, data: Any) -> TelemetryConfig:
         table = self.table(data, "telemetry")

@@ -17,6 +17,11 @@ Quirks of real servers handled here (each has a test):
 - Groq's usage under ``x_groq`` in the last chunk;
 - an ``{"error": ...}`` object inside a 200 stream or body.
 
+Encoders go the other way, for ``provhub serve``: chunks for ``text/event-stream``
+answers (:class:`ChunkEncoder`), the ``data: [DONE]`` terminator, whole
+``chat.completion`` bodies (:func:`completion_body`) and error objects
+(:func:`error_body`, :func:`error_event`), exactly as OpenAI's API sends them.
+
 Tool-call *indexes* are passed on as sent (``None`` when absent); the hub's
 assembler (:mod:`provhub._toolcalls`) resolves servers that omit ``index`` or
 repeat ``index=0`` for distinct calls.
@@ -45,11 +50,17 @@ from provhub._spec import (
 )
 
 __all__ = [
+    "DONE",
+    "ChunkEncoder",
+    "completion_body",
+    "error_body",
+    "error_event",
     "error_from_object",
     "kind_of_error_code",
     "parse_chat_completion",
     "parse_chat_stream",
     "parse_usage",
+    "usage_object",
 ]
 
 _MESSAGE_EXCERPT = 200
@@ -386,3 +397,157 @@ def _malformed(exc: BaseException, provider: str, what: str) -> UpstreamProtocol
     else:
         reason = f"a malformed {what} ({type(exc).__name__})"
     return UpstreamProtocolError(f"upstream sent {reason}", provider=provider)
+
+
+# -- encoders: the server direction (provhub serve) ---------------------------------------
+
+DONE = b"data: [DONE]\n\n"
+_escape = json.encoder.encode_basestring_ascii
+_compact = json.JSONEncoder(ensure_ascii=True, separators=(",", ":")).encode
+
+
+def usage_object(usage: Usage | None) -> dict[str, Any] | None:
+    """An OpenAI ``usage`` object from a :class:`Usage` (None when absent).
+
+    Counts the upstream did not report are left out rather than invented;
+    ``cached_tokens``/``reasoning_tokens`` go into OpenAI's ``*_tokens_details``;
+    ``cost`` (provhub's, from ``[prices]``) is added as ``cost``.
+    """
+    if usage is None:
+        return None
+    out: dict[str, Any] = {}
+    for key in ("prompt_tokens", "completion_tokens", "total_tokens"):
+        value = getattr(usage, key)
+        if value is not None:
+            out[key] = value
+    if "total_tokens" not in out and "prompt_tokens" in out and "completion_tokens" in out:
+        out["total_tokens"] = out["prompt_tokens"] + out["completion_tokens"]
+    if usage.cached_tokens is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": usage.cached_tokens}
+    if usage.reasoning_tokens is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    if usage.cost is not None:
+        out["cost"] = usage.cost
+    return out
+
+
+def tool_call_delta_object(delta: ToolCallDelta) -> dict[str, Any]:
+    """One entry of a chunk's ``delta.tool_calls``: id, type and name only on the first."""
+    function: dict[str, Any] = {"arguments": delta.arguments}
+    entry: dict[str, Any] = {"index": delta.index or 0}
+    if delta.id is not None:
+        entry["id"] = delta.id
+        entry["type"] = "function"
+    if delta.name is not None:
+        function["name"] = delta.name
+    entry["function"] = function
+    return entry
+
+
+class ChunkEncoder:
+    """Encodes one answer's ``chat.completion.chunk`` events as SSE bytes.
+
+    ``include_usage`` mirrors ``stream_options.include_usage``: OpenAI then
+    sends ``"usage": null`` on every chunk and one final chunk with empty
+    ``choices`` carrying the usage. Reasoning goes out as ``reasoning_content``
+    (the DeepSeek/vLLM field most clients read), refusals as ``refusal``.
+
+    The per-token path matters (a 20,000-chunk stream): a text chunk is a prefix
+    and suffix computed once per stream around the JSON-escaped text (the C
+    string encoder), not a dict passed through ``json.dumps``.
+    """
+
+    __slots__ = ("_head", "_prefix", "_suffix", "_tail", "include_usage")
+
+    def __init__(self, completion_id: str, created: int, model: str, *, include_usage: bool):
+        self.include_usage = include_usage
+        self._head = (
+            f'data: {{"id":{_escape(completion_id)},"object":"chat.completion.chunk",'
+            f'"created":{created},"model":{_escape(model)},"system_fingerprint":null,'
+        )
+        self._tail = ',"usage":null' if include_usage else ""
+        self._prefix = (self._head + '"choices":[{"index":0,"delta":{"content":').encode()
+        self._suffix = f'}},"logprobs":null,"finish_reason":null}}]{self._tail}}}\n\n'.encode()
+
+    def text(self, text: str) -> bytes:
+        """One content delta."""
+        return self._prefix + _escape(text).encode() + self._suffix
+
+    def delta(self, delta: Mapping[str, Any], finish_reason: str | None = None) -> bytes:
+        """A chunk with an arbitrary ``delta`` (role, tool calls, reasoning, refusal)."""
+        reason = "null" if finish_reason is None else _escape(finish_reason)
+        return (
+            f'{self._head}"choices":[{{"index":0,"delta":{_compact(delta)},'
+            f'"logprobs":null,"finish_reason":{reason}}}]{self._tail}}}\n\n'
+        ).encode()
+
+    def item(self, item: StreamItem) -> bytes:
+        """The chunk of one stream item (empty for the markers sent at the end)."""
+        if type(item) is str:
+            return self.text(item)
+        if isinstance(item, ToolCallDelta):
+            return self.delta({"tool_calls": [tool_call_delta_object(item)]})
+        if isinstance(item, Reasoning):
+            return self.delta({"reasoning_content": item.text})
+        if isinstance(item, Refusal):
+            return self.delta({"refusal": item.text})
+        return b""  # FinishReason and Usage: the closing chunks carry them
+
+    def role(self) -> bytes:
+        """The opening chunk, as OpenAI sends it: the role and empty content."""
+        return self.delta({"role": "assistant", "content": ""})
+
+    def finish(self, reason: str | None) -> bytes:
+        """The closing choice chunk with ``finish_reason``."""
+        return self.delta({}, reason or "stop")
+
+    def usage(self, usage: Usage | None) -> bytes:
+        """The usage chunk (``choices: []``), or nothing when not requested."""
+        if not self.include_usage:
+            return b""
+        return f'{self._head}"choices":[],"usage":{_compact(usage_object(usage))}}}\n\n'.encode()
+
+
+def completion_body(
+    completion_id: str,
+    created: int,
+    model: str,
+    completion: Any,
+) -> bytes:
+    """A whole ``chat.completion`` JSON body from a provhub ``Completion``."""
+    message: dict[str, Any] = {
+        "role": "assistant",
+        "content": completion.text if completion.text or not completion.tool_calls else None,
+        "refusal": completion.refusal,
+    }
+    if completion.tool_calls:
+        message["tool_calls"] = [call.as_dict() for call in completion.tool_calls]
+    if completion.reasoning is not None:
+        message["reasoning_content"] = completion.reasoning
+    reason = completion.finish_reason or ("tool_calls" if completion.tool_calls else "stop")
+    body: dict[str, Any] = {
+        "id": completion_id,
+        "object": "chat.completion",
+        "created": created,
+        "model": model,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": reason}],
+    }
+    counted = usage_object(completion.usage)
+    if counted is not None:
+        body["usage"] = counted
+    return _compact(body).encode()
+
+
+def error_body(message: str, kind: str, code: str | None = None, param: str | None = None) -> bytes:
+    """An OpenAI error object ``{"error": {"message", "type", "param", "code"}}`` as JSON."""
+    return _compact(
+        {"error": {"message": message, "type": kind, "param": param, "code": code}}
+    ).encode()
+
+
+def error_event(
+    message: str, kind: str, code: str | None = None, param: str | None = None
+) -> bytes:
+    """The same error object as one SSE event (a failure after the first token)."""
+    return b"data: " + error_body(message, kind, code, param) + b"\n\n"

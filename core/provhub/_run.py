@@ -353,10 +353,16 @@ class Run:
                         yield taken
                 item = next(iterator, _END)
             completed = True
+        except GeneratorExit:
+            # The caller closed the stream early (or dropped it): say so, so the
+            # request's record (metrics, logs) has an end.
+            self._emit(INFO, "stream.cancelled", chunks=delivered, chars=chars)
+            raise
         except Exception as exc:
             error = self._masked(as_provider_error(exc, name), context)
             if self.cancel_token.cancelled:
                 health.release(name)
+                self._emit(INFO, "stream.cancelled", chunks=delivered, chars=chars)
                 raise self._interrupted(name, error) from exc
             if delivered or others:
                 # SPEC §11: once any item reached the caller, no retry or fallback.

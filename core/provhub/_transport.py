@@ -393,6 +393,14 @@ class Transport:
                         provider=provider,
                         retryable=True,
                     )
+                if sock is not None and getattr(raw, "_connection", sock) is None:
+                    # The read that completed the body handed the connection back
+                    # to the pool (urllib3 does it inside that read). From now on
+                    # the socket is another request's, or closed if the pool was
+                    # full: never touch it again, and let no cancel shut it down.
+                    if cancel is not None:
+                        cancel.detach(sock)
+                    sock = None
                 if sock is not None and (not switched or remaining < idle):
                     sock.settimeout(min(idle, remaining))
                     switched = True
@@ -425,3 +433,11 @@ class Transport:
                 provider=provider,
                 retryable=True,
             ) from exc
+        finally:
+            if (
+                sock is not None
+                and cancel is not None
+                and getattr(raw, "_connection", sock) is None
+            ):
+                # Released to the pool after the last block: see above.
+                cancel.detach(sock)

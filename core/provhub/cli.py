@@ -265,6 +265,31 @@ def _parser() -> argparse.ArgumentParser:
     )
     # Used by the scripts themselves for model ids and provider names.
     completion.add_argument("--values", choices=("models", "providers"), help=argparse.SUPPRESS)
+
+    serve = add(
+        "serve",
+        "run the OpenAI-compatible gateway (extra 'server')",
+        "Serve POST /v1/chat/completions, /v1/models, /v1/providers, /healthz, /readyz, "
+        "/metrics and a status page at / over the configured providers. Without "
+        "[server] api_keys_env it listens on loopback only, unless "
+        "--allow-unauthenticated.",
+    )
+    serve.add_argument(
+        "--host", metavar="HOST", help="address to listen on (default: [server] host, 127.0.0.1)"
+    )
+    serve.add_argument(
+        "--port", type=int, metavar="PORT", help="TCP port (default: [server] port, 8080)"
+    )
+    serve.add_argument(
+        "--workers", type=int, metavar="N", help="worker processes (default: [server] workers, 1)"
+    )
+    serve.add_argument(
+        "--allow-unauthenticated",
+        action="store_true",
+        help="listen on a non-loopback address without API keys (only behind a proxy that "
+        "checks access)",
+    )
+    serve.add_argument("--access-log", action="store_true", help="log every request line")
     return parser
 
 
@@ -904,7 +929,47 @@ def _print_values(ctx: _Context, kind: str) -> int:
     return EXIT_OK
 
 
+_SERVER_MODULES = ("starlette", "uvicorn", "prometheus_client")
+
+
+def _cmd_serve(ctx: _Context) -> int:
+    import importlib
+
+    args = ctx.args
+
+    missing = []
+    for module in _SERVER_MODULES:
+        try:
+            importlib.import_module(module)
+        except ImportError:
+            missing.append(module)
+    if missing:
+        raise _UsageError(
+            f"provhub serve needs the 'server' extra ({', '.join(missing)} not installed): "
+            "pip install 'provhub[server]'"
+        )
+    if args.port is not None and not 0 <= args.port <= 65535:
+        raise _UsageError(f"--port must be 0-65535, got {args.port}")
+    if args.workers is not None and args.workers < 1:
+        raise _UsageError(f"--workers must be 1 or more, got {args.workers}")
+    from provhub.gateway import ServeOptions, serve
+
+    levels = {0: "warning", 1: "info"}
+    return serve(
+        ServeOptions(
+            host=args.host,
+            port=args.port,
+            workers=args.workers,
+            config=args.config,
+            allow_unauthenticated=args.allow_unauthenticated,
+            access_log=args.access_log,
+            log_level=levels.get(args.verbose, "debug"),
+        )
+    )
+
+
 _COMMANDS: Mapping[str, Callable[[_Context], int]] = {
+    "serve": _cmd_serve,
     "providers": _cmd_providers,
     "plugins": _cmd_plugins,
     "check": _cmd_check,
