@@ -20,6 +20,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
@@ -38,12 +40,31 @@ HELLO = Behaviour(tokens=("Hel", "lo", " there"))
 
 
 class Traces:
-    """A tracer provider exporting to memory, and the finished spans by role."""
+    """Tracer and meter providers exporting to memory; spans by role, metric points."""
 
     def __init__(self, sampler: Any = None) -> None:
         self.exporter = InMemorySpanExporter()
         self.provider = TracerProvider() if sampler is None else TracerProvider(sampler=sampler)
         self.provider.add_span_processor(SimpleSpanProcessor(self.exporter))
+        self.reader = InMemoryMetricReader()
+        self.meters = MeterProvider(metric_readers=[self.reader])
+
+    def metrics(self) -> dict[str, Any]:
+        """Metric name -> the metric (its ``data.data_points``), as collected now."""
+        found: dict[str, Any] = {}
+        data = self.reader.get_metrics_data()
+        for resource in data.resource_metrics if data is not None else ():
+            for scope in resource.scope_metrics:
+                for metric in scope.metrics:
+                    found[metric.name] = metric
+        return found
+
+    def points(self, name: str) -> list[tuple[dict[str, Any], Any]]:
+        """(attributes, data point) of one metric; empty when nothing was recorded."""
+        metric = self.metrics().get(name)
+        if metric is None:
+            return []
+        return [(dict(p.attributes), p) for p in metric.data.data_points]
 
     def spans(self) -> tuple[ReadableSpan, ...]:
         return self.exporter.get_finished_spans()
@@ -69,6 +90,7 @@ def traces() -> Iterator[Traces]:
     found = Traces()
     yield found
     found.provider.shutdown()
+    found.meters.shutdown()
 
 
 def endpoint(name: str, where: FakeUpstream | str, **kw: Any) -> OpenAICompatible:
@@ -77,7 +99,9 @@ def endpoint(name: str, where: FakeUpstream | str, **kw: Any) -> OpenAICompatibl
 
 
 def instrumented(hub: Hub, traces: Traces) -> provhub.telemetry.Instrumentation:
-    return provhub.telemetry.instrument(hub, tracer_provider=traces.provider)
+    return provhub.telemetry.instrument(
+        hub, tracer_provider=traces.provider, meter_provider=traces.meters
+    )
 
 
 # -- the span tree ------------------------------------------------------------------------
@@ -256,6 +280,68 @@ def test_well_known_provider_names_use_the_conventions_value(
     assert request.attributes["provhub.provider"] == "OpenAI"
 
 
+# -- cancellation -------------------------------------------------------------------------
+
+
+def test_a_stream_closed_mid_answer_ends_its_spans_as_cancelled(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(Behaviour(chunks=50, chunk_delay=0.01))
+    instrumented(hub, traces)
+
+    with hub.stream("gpt-4", MESSAGES) as stream:
+        assert next(iter(stream)) == "w0 "
+
+    request = traces.request()
+    assert request.status.status_code is StatusCode.UNSET  # the caller chose to stop
+    assert request.attributes["provhub.outcome"] == "cancelled"
+    assert request.attributes["error.type"] == "cancelled"
+    (attempt,) = traces.attempts_of(request)
+    assert attempt.attributes["error.type"] == "cancelled"
+    assert attempt.attributes["provhub.chunks"] == 1
+    assert attempt.end_time <= request.end_time
+    ((attrs, point),) = traces.points("gen_ai.client.operation.duration")
+    assert attrs["error.type"] == "cancelled"
+    assert point.count == 1
+
+
+def test_cancelling_the_task_reading_an_astream_ends_its_spans(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(Behaviour(chunks=200, chunk_delay=0.01))
+    handle = instrumented(hub, traces)
+    tracer = traces.provider.get_tracer("host")
+
+    async def main() -> int:
+        first = asyncio.Event()
+
+        async def read() -> None:
+            async for _ in hub.astream("gpt-4", MESSAGES):
+                first.set()
+
+        with tracer.start_as_current_span("caller") as caller:
+            task = asyncio.create_task(read())
+            await first.wait()
+            task.cancel()
+            with pytest.raises(asyncio.CancelledError):
+                await task
+            return caller.get_span_context().span_id
+
+    caller_id = asyncio.run(main())
+
+    request = traces.request()
+    assert request.parent is not None
+    assert request.parent.span_id == caller_id
+    assert request.attributes["provhub.outcome"] == "cancelled"
+    (attempt,) = traces.attempts_of(request)
+    assert attempt.attributes["error.type"] == "cancelled"
+    assert handle.spans.open_requests == 0
+
+
 # -- context propagation ------------------------------------------------------------------
 
 
@@ -362,6 +448,135 @@ def test_concurrent_requests_from_many_threads_keep_their_own_trees(
     assert handle.spans.open_requests == 0
 
 
+# -- metrics ------------------------------------------------------------------------------
+
+DURATION = "gen_ai.client.operation.duration"
+TTFC = "gen_ai.client.operation.time_to_first_chunk"
+TOKENS = "gen_ai.client.token.usage"
+
+
+def test_metrics_of_a_retried_and_fallen_back_stream_follow_the_conventions(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream, second_upstream: FakeUpstream
+) -> None:
+    hub = make_hub(retries=1)
+    hub.register(endpoint("a", upstream))
+    hub.register(endpoint("b", second_upstream))
+    upstream.script(Behaviour(status=503), Behaviour(status=500))
+    second_upstream.script(HELLO)
+    instrumented(hub, traces)
+
+    assert "".join(hub.stream("gpt-4", MESSAGES)) == "Hello there"
+
+    metrics = traces.metrics()
+    assert metrics[DURATION].unit == "s"
+    assert metrics[TTFC].unit == "s"
+    assert metrics[TOKENS].unit == "{token}"
+    common = {
+        "gen_ai.operation.name": "chat",
+        "gen_ai.provider.name": "b",
+        "gen_ai.request.model": "gpt-4",
+        "gen_ai.response.model": "gpt-4",
+    }
+    ((attrs, duration),) = traces.points(DURATION)
+    assert attrs == common  # no error.type: the request succeeded
+    assert duration.count == 1
+    assert duration.explicit_bounds[:3] == (0.01, 0.02, 0.04)
+    assert duration.explicit_bounds[-1] == 81.92
+    span = traces.request()
+    assert duration.sum == pytest.approx((span.end_time - span.start_time) / 1e9, abs=0.005)
+    ((attrs, ttfc),) = traces.points(TTFC)
+    assert attrs == common
+    assert ttfc.count == 1
+    assert 0 < ttfc.sum < duration.sum
+    tokens = {attrs["gen_ai.token.type"]: p for attrs, p in traces.points(TOKENS)}
+    assert tokens["input"].sum == 2
+    assert tokens["output"].sum == 3
+    assert tokens["input"].explicit_bounds[:4] == (1, 4, 16, 64)
+
+
+def test_a_non_streamed_request_records_no_time_to_first_chunk(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.script(HELLO)
+    instrumented(hub, traces)
+
+    hub.complete("gpt-4", MESSAGES)
+
+    assert len(traces.points(DURATION)) == 1
+    assert traces.points(TTFC) == []
+    assert len(traces.points(TOKENS)) == 2
+
+
+@pytest.mark.parametrize(
+    ("script", "error_type"),
+    [
+        pytest.param([Behaviour(status=503)], "AllProvidersFailedError", id="failed"),
+        pytest.param(
+            [Behaviour(tokens=("a ", "b "), fault=Fault.DROP_MID_STREAM, fault_after=1)],
+            "StreamInterruptedError",
+            id="interrupted",
+        ),
+    ],
+)
+def test_failed_requests_are_recorded_with_the_callers_error_type(
+    make_hub: MakeHub,
+    traces: Traces,
+    upstream: FakeUpstream,
+    script: list[Behaviour],
+    error_type: str,
+) -> None:
+    hub = make_hub(retries=0)
+    hub.register(endpoint("a", upstream))
+    upstream.script(*script)
+    instrumented(hub, traces)
+
+    with pytest.raises((AllProvidersFailedError, StreamInterruptedError)):
+        list(hub.stream("gpt-4", MESSAGES))
+
+    ((attrs, point),) = traces.points(DURATION)
+    assert attrs["error.type"] == error_type
+    assert attrs["gen_ai.provider.name"] == "a"
+    assert "gen_ai.response.model" not in attrs
+    assert point.count == 1
+    assert traces.points(TOKENS) == []  # nothing reported, nothing recorded
+    assert traces.request().attributes["error.type"] == error_type
+
+
+def test_gateway_and_telemetry_read_one_derivation_of_the_hubs_events(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+) -> None:
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from provhub._metrics import RequestMetrics
+    from provhub.gateway import create_app
+
+    hub = make_hub()
+    hub.register(endpoint("a", upstream))
+    upstream.default = HELLO
+    instrumented(hub, traces)
+    body = {"model": "gpt-4", "messages": MESSAGES}
+
+    with TestClient(create_app(hub, close_hub=False)) as client:
+        for _ in range(3):
+            assert client.post("/v1/chat/completions", json=body).status_code == 200
+        for _ in range(2):
+            hub.complete("gpt-4", MESSAGES)  # not through the gateway: counted all the same
+        scraped = client.get("/metrics").text
+
+    derivations = [s for s in hub._emitter._subscribers if isinstance(s, RequestMetrics)]
+    assert derivations == [hub.metrics]  # one count of the events, read by both
+    (line,) = [
+        line
+        for line in scraped.splitlines()
+        if line.startswith("provhub_requests_total{") and 'outcome="ok"' in line
+    ]
+    ((_, duration),) = traces.points(DURATION)
+    assert float(line.rsplit(" ", 1)[1]) == duration.count == 5
+
+
 # -- content and secrets ------------------------------------------------------------------
 
 
@@ -409,7 +624,10 @@ def test_no_prompt_and_never_the_key_in_any_exported_span(
     spans = traces.spans()
     assert len(traces.requests()) == 2
     assert len(spans) == 6
-    exported = _exported_text(spans)
+    metrics = traces.reader.get_metrics_data()
+    assert metrics is not None
+    exported = _exported_text(spans) + metrics.to_json()
+    assert "gen_ai.client.operation.duration" in exported
     assert KEY_SENTINEL not in exported
     assert KEY_SENTINEL[3:] not in exported  # nor the key without its prefix
     if log_content:
@@ -449,6 +667,9 @@ def test_uninstrument_stops_exporting_and_the_hub_can_be_instrumented_again(
     assert not handle.active
     hub.complete("gpt-4", MESSAGES)
     assert len(traces.requests()) == 1
+    ((_, duration),) = traces.points(DURATION)
+    assert duration.count == 1  # the metrics stopped too
+    assert hub.metrics._sinks == ()
 
     with instrumented(hub, traces):
         hub.complete("gpt-4", MESSAGES)

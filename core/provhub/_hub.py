@@ -46,6 +46,7 @@ from provhub._transport import Transport
 
 if TYPE_CHECKING:
     from provhub._aio import AsyncStream
+    from provhub._metrics import RequestMetrics
     from provhub.telemetry import Instrumentation
 
 __all__ = ["Hub"]
@@ -136,6 +137,7 @@ class Hub:
         # register() checks each provider created from config.
         self._create_configured_providers()
         self._check_provider_tables()
+        self._metrics: RequestMetrics | None = None
         self._telemetry: Instrumentation | None = None
         if self.config.telemetry.enabled:
             self._instrument()
@@ -485,6 +487,25 @@ class Hub:
         )
 
     # -- events -----------------------------------------------------------
+
+    @property
+    def metrics(self) -> RequestMetrics:
+        """The hub's one derivation of per-request measurements (SPEC §13, §16).
+
+        Created and subscribed on first use; metric backends attach to it with
+        ``hub.metrics.add_sink(sink)`` (the gateway's ``/metrics``, the
+        OpenTelemetry metrics), so they all read the same count.
+        """
+        metrics = self._metrics
+        if metrics is None:
+            from provhub._metrics import RequestMetrics
+
+            with self._lock:
+                metrics = self._metrics
+                if metrics is None:
+                    metrics = self._metrics = RequestMetrics()
+                    self._emitter.subscribe(metrics)
+        return metrics
 
     @property
     def telemetry(self) -> Instrumentation | None:

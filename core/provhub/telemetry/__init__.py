@@ -115,10 +115,11 @@ def instrument(
     already instrumented (``hub.telemetry.uninstrument()`` first).
     """
     _require_opentelemetry()
-    from opentelemetry import trace
+    from opentelemetry import metrics, trace
 
     from provhub import __version__
     from provhub.telemetry import _semconv
+    from provhub.telemetry._metrics import OTelMetricsSink
     from provhub.telemetry._spans import SpanBridge
 
     current: Any = getattr(hub, "_telemetry", None)
@@ -133,9 +134,16 @@ def instrument(
         tracer_provider=tracer_provider,
         schema_url=_semconv.SCHEMA_URL,
     )
-    emitter = hub._emitter
-    spans = SpanBridge(tracer, log_content=emitter.log_content)
-    unsubscribers = [hub.subscribe(spans)]
+    meter = metrics.get_meter(
+        "provhub",
+        __version__,
+        meter_provider=meter_provider,
+        schema_url=_semconv.SCHEMA_URL,
+    )
+    spans = SpanBridge(tracer, log_content=hub._emitter.log_content)
+    # Spans need every event of a request, in order, so they subscribe; metrics
+    # are a sink of the hub's one request derivation, shared with the gateway.
+    unsubscribers = [hub.subscribe(spans), hub.metrics.add_sink(OTelMetricsSink(meter))]
     handle = Instrumentation(hub, spans, unsubscribers)
     hub._telemetry = handle
     return handle
