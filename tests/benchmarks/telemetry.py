@@ -18,8 +18,15 @@ the added microseconds stand out. Reported: medians of per-round paired
 differences to ``plain`` (microseconds per request) and ratios. The machine is
 shared: re-run on a quiet one before quoting absolute figures.
 
+Timings on a shared machine move with its load; ``--instructions`` also counts the
+instructions per request of each state under valgrind's callgrind (one child
+process per state and count, the hash seed fixed), which do not, and converts
+the added instructions to microseconds at the speed of this run's fastest plain
+block.
+
 Options: ``--rounds N`` (default 15), ``--requests N`` per block (default 400),
-``--quick``, ``--profile`` (pyinstrument of the sdk state on the no-I/O path).
+``--quick``, ``--profile`` (pyinstrument of the sdk state on the no-I/O path),
+``--instructions`` (needs valgrind; a few minutes more).
 """
 
 from __future__ import annotations
@@ -105,13 +112,15 @@ class _Constant:
 class States:
     """Switches one hub between plain, noop and sdk instrumentation."""
 
-    def __init__(self, hub: Hub) -> None:
+    def __init__(self, hub: Hub, metric_interval_ms: float = 1000) -> None:
         self.hub = hub
         self.spans = CountingSpanExporter()
         self.metrics = CountingMetricExporter()
         self.tracer_provider = TracerProvider()
         self.tracer_provider.add_span_processor(BatchSpanProcessor(self.spans))
-        reader = PeriodicExportingMetricReader(self.metrics, export_interval_millis=1000)
+        reader = PeriodicExportingMetricReader(
+            self.metrics, export_interval_millis=metric_interval_ms
+        )
         self.meter_provider = MeterProvider(metric_readers=[reader])
         self._handle: provhub.telemetry.Instrumentation | None = None
 
@@ -132,6 +141,18 @@ class States:
 
     def sdk(self) -> None:
         self._switch(True, tracer_provider=self.tracer_provider, meter_provider=self.meter_provider)
+
+    def sdk_traces(self) -> None:
+        """The SDK for spans only (the split of the sdk state's cost)."""
+        from opentelemetry.metrics import NoOpMeterProvider
+
+        self._switch(True, tracer_provider=self.tracer_provider, meter_provider=NoOpMeterProvider())
+
+    def sdk_metrics(self) -> None:
+        """The SDK for metrics only."""
+        from opentelemetry.trace import NoOpTracerProvider
+
+        self._switch(True, tracer_provider=NoOpTracerProvider(), meter_provider=self.meter_provider)
 
     def close(self) -> None:
         self._switch(False)
@@ -211,7 +232,10 @@ def _child(state: str, url: str, requests: int) -> None:
         hub.register(_Constant)
     else:
         hub.register(OpenAICompatible("bench", url, [MODEL]))
-    states = States(hub)
+    # The SDK's default interval: under valgrind a request takes some 50 times
+    # longer, and a 1 s interval would charge each request 50 times its share of
+    # the periodic collection.
+    states = States(hub, metric_interval_ms=60_000)
     getattr(states, state)()
     for _ in range(200):
         hub.complete(MODEL, MESSAGES)
@@ -228,7 +252,7 @@ def _instructions(url: str, requests: int) -> dict[str, float]:
     """
     counts: dict[str, float] = {}
     env = {**os.environ, "PYTHONHASHSEED": "0"}
-    for state in ("plain", "noop", "sdk"):
+    for state in ("plain", "noop", "sdk", "sdk_traces", "sdk_metrics"):
         totals = []
         for n in (0, requests):
             done = subprocess.run(
