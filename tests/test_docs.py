@@ -326,6 +326,7 @@ import os
 os.environ["PROVHUB_DISABLE_PLUGINS"] = "no-such-plugin"  # plugin.unknown
 
 from provhub import AllProvidersFailedError, Config, Hub, NoProviderError, StreamInterruptedError
+from provhub import FinishReason, UpstreamTimeoutError
 from provhub.testing import Behaviour, FakeUpstream, Fault
 from provhub_providers import OpenAICompatible
 
@@ -378,6 +379,20 @@ with FakeUpstream() as a, FakeUpstream() as b:
     a.default = b.default = Behaviour()
     time.sleep(0.7)  # the breakers' cooldown: a duration under test, not a synchronisation
     hub.complete("m", HI)
+
+    class Tail:  # the connection goes silent after the finish reason: stream.tail_failed
+        name = "tail"
+        models = ("t",)
+        supports_stream = True
+
+        @staticmethod
+        def create_completion(model, messages, stream, **kw):
+            yield "whole"
+            yield FinishReason("stop")
+            raise UpstreamTimeoutError("upstream went silent", provider="tail", retryable=True)
+
+    hub.register(Tail)
+    assert "".join(hub.stream("t", HI)) == "whole"
     hub.close()
 
 print(json.dumps({k: {"levels": sorted(v["levels"]), "fields": sorted(v["fields"])}

@@ -17,12 +17,28 @@ docs/reliability.md, which also reports the cell count.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import pytest
+from tests.hostile import (
+    ByMode,
+    Close,
+    Hold,
+    HostileServer,
+    Pause,
+    Read,
+    Repeat,
+    Send,
+    Step,
+    Trickle,
+    chunk,
+    head,
+    sse,
+)
 
 from provhub import (
     AllProvidersFailedError,
@@ -70,6 +86,7 @@ class Outcome:
     partial: str = ""
     recovers: bool = False
     answer: str | None = None
+    tokens: tuple[str, ...] | None = None  # the streamed tokens, when not the behaviour's
 
 
 @dataclass(frozen=True)
@@ -81,6 +98,9 @@ class FaultCase:
     stream: Outcome
     plain: Outcome
     refused: bool = False  # point the provider at a port nobody listens on
+    # A hostile upstream (tests/hostile.py) instead of the FakeUpstream: this script
+    # answers every request, on every connection.
+    hostile: tuple[Step, ...] | None = None
 
 
 def _fault(fault: Fault, **kw: Any) -> Behaviour:
@@ -181,6 +201,219 @@ FAULTS: dict[str, FaultCase] = {
     ),
 }
 
+# -- hostile upstreams: what FakeUpstream cannot send (issue 12) ------------------------------
+
+_TEXT = "".join(PRIMARY_TOKENS)
+_EVENTS = sse(PRIMARY_TOKENS)
+_SSE = b"".join(_EVENTS)
+
+
+def _completion(text: str = _TEXT) -> bytes:
+    return json.dumps(
+        {"choices": [{"message": {"content": text}, "finish_reason": "stop"}]},
+        ensure_ascii=False,
+    ).encode()
+
+
+def _json_reply(body: bytes, status: int = 200, **kw: Any) -> bytes:
+    return (
+        head(status, content_type="application/json", framing="length", length=len(body), **kw)
+        + body
+    )
+
+
+def _hostile(stream: Sequence[Step], plain: Sequence[Step] | None = None) -> tuple[Step, ...]:
+    """Every request on every connection: read it, then answer by its mode."""
+    both = ByMode(tuple(stream), tuple(stream if plain is None else plain))
+    return (Repeat((Read(), both)),)
+
+
+ANSWER = Outcome()
+HOSTILE: dict[str, FaultCase] = {
+    # A 200 that is not an event stream is never an empty answer (item 2).
+    "html_200": FaultCase(
+        (),
+        OK,
+        RETRYABLE,
+        FATAL,  # without streaming: "response is not JSON", not worth repeating
+        hostile=_hostile(
+            [Send(head(content_type="text/html", framing="length", length=6) + b"<html>")]
+        ),
+    ),
+    "empty_200": FaultCase(
+        (), OK, RETRYABLE, FATAL, hostile=_hostile([Send(head(framing="length", length=0))])
+    ),
+    "no_content_204": FaultCase(
+        (),
+        OK,
+        Outcome(attempts=2, status=204, retryable=True),
+        Outcome(attempts=2, status=204, retryable=True),
+        hostile=_hostile([Send(head(204, "No Content", content_type=None, framing="none"))]),
+    ),
+    "truncated_header_block": FaultCase(
+        (),
+        OK,
+        RETRYABLE,
+        RETRYABLE,
+        hostile=_hostile([Send(b"HTTP/1.1 200 OK\r\nContent-Type: text/event"), Close()]),
+    ),
+    "json_completion_on_a_stream": FaultCase(
+        (),
+        OK,
+        Outcome(tokens=(_TEXT,)),  # the whole answer, as one token
+        ANSWER,
+        hostile=_hostile([Send(_json_reply(_completion()))]),
+    ),
+    # Redirects are reported, never followed (item 8).
+    "redirect_307": FaultCase(
+        (),
+        OK,
+        Outcome(attempts=1, status=307),
+        Outcome(attempts=1, status=307),
+        hostile=_hostile(
+            [
+                Send(
+                    head(
+                        307,
+                        "Moved",
+                        [("Location", "http://elsewhere.invalid/v1")],
+                        framing="length",
+                        length=0,
+                    )
+                )
+            ]
+        ),
+    ),
+    # Complete answers stay complete (item 6).
+    "stall_after_done": FaultCase(
+        (),
+        OK,
+        ANSWER,
+        ANSWER,
+        hostile=_hostile(
+            [Send(head() + chunk(_SSE)), Hold()],
+            [
+                Send(
+                    head(content_type="application/json", framing="length", length=9999)
+                    + _completion()
+                ),
+                Hold(),
+            ],
+        ),
+    ),
+    "stall_after_finish_reason_without_done": FaultCase(
+        (),
+        OK,
+        ANSWER,
+        ANSWER,
+        hostile=_hostile(
+            [Send(head() + chunk(b"".join(sse(PRIMARY_TOKENS, done=False)))), Hold()],
+            [Send(_json_reply(_completion())), Hold()],
+        ),
+    ),
+    "overstated_content_length": FaultCase(
+        (),
+        OK,
+        ANSWER,
+        ANSWER,
+        hostile=_hostile(
+            [Send(head(framing="length", length=len(_SSE) + 100) + _SSE), Close()],
+            [
+                Send(
+                    head(content_type="application/json", framing="length", length=9999)
+                    + _completion()
+                ),
+                Close(),
+            ],
+        ),
+    ),
+    "http_1_0_close_delimited": FaultCase(
+        (),
+        OK,
+        ANSWER,
+        ANSWER,
+        hostile=_hostile(
+            [Send(head(version="HTTP/1.0", framing="none") + _SSE), Close()],
+            [
+                Send(
+                    head(version="HTTP/1.0", content_type="application/json", framing="none")
+                    + _completion()
+                ),
+                Close(),
+            ],
+        ),
+    ),
+    # Deadlines (items 5 and 7).
+    "trickle_in_header_block": FaultCase(
+        (),
+        OK,
+        RETRYABLE,
+        RETRYABLE,
+        hostile=_hostile([Send(b"HTTP/1.1 200 OK\r\n"), Trickle(b"X-Slow: " + b"a" * 500, 0.02)]),
+    ),
+    "endless_100_continue": FaultCase(
+        (),
+        OK,
+        RETRYABLE,
+        RETRYABLE,
+        hostile=_hostile([Repeat((Send(b"HTTP/1.1 100 Continue\r\n\r\n"), Pause(0.02)))]),
+    ),
+    "trickle_inside_a_chunk": FaultCase(
+        (),
+        OK,
+        INTERRUPTED,  # the total budget ends it, after the first token
+        RETRYABLE,
+        hostile=_hostile(
+            [Send(head() + chunk(_EVENTS[0]) + b"100000\r\n"), Trickle(b"d" * 500, 0.05)],
+            [
+                Send(head(content_type="application/json", framing="length", length=99999)),
+                Trickle(b" " * 500, 0.05),
+            ],
+        ),
+    ),
+    "silence_on_connection_close": FaultCase(
+        (),
+        OK,
+        INTERRUPTED,  # the idle budget holds on a close-delimited body too
+        RETRYABLE,
+        hostile=_hostile(
+            [Send(head(framing="close") + _EVENTS[0]), Hold()],
+            [
+                Send(head(content_type="application/json", framing="close") + b'{"choices": '),
+                Hold(),
+            ],
+        ),
+    ),
+    # Framing nobody should send.
+    "conflicting_content_lengths": FaultCase(
+        (),
+        OK,
+        RETRYABLE,
+        RETRYABLE,
+        hostile=_hostile(
+            [Send(head(framing="length", length=5, headers=[("Content-Length", "9")]) + b"x" * 9)]
+        ),
+    ),
+    "bad_chunk_size_after_a_token": FaultCase(
+        (),
+        OK,
+        Outcome(attempts=1, retryable=True, interrupted=True, partial=FIRST),
+        RETRYABLE,
+        hostile=_hostile(
+            [Send(head() + chunk(_EVENTS[0]) + b"zz\r\n"), Hold()],
+            [Send(head(content_type="application/json") + b"zz\r\n"), Hold()],
+        ),
+    ),
+    "non_utf8_reason_phrase_500": FaultCase(
+        (),
+        OK,
+        Outcome(attempts=2, status=500, retryable=True),
+        Outcome(attempts=2, status=500, retryable=True),
+        hostile=_hostile([Send(b"HTTP/1.1 500 \xff\xfe\x1b[31m\r\nContent-Length: 0\r\n\r\n")]),
+    ),
+}
+FAULTS.update(HOSTILE)
+
 MODES = ("stream", "complete")
 APIS = ("sync", "asyncio")
 ROUTES = ("alone", "with_fallback")
@@ -268,12 +501,20 @@ def test_fault_ends_in_time_with_the_answer_or_a_typed_error(
     events: list[dict[str, Any]] = []
     hub.subscribe(lambda event: events.append(dict(event)))
     primary_url = unused_port_url() if case.refused else upstream.base_url
+    hostile = None
+    if case.hostile is not None:
+        hostile = HostileServer(default=list(case.hostile)).__enter__()
+        primary_url = hostile.base_url
     hub.register(OpenAICompatible("primary", primary_url, [MODEL]))
     if route == "with_fallback":
         hub.register(OpenAICompatible("backup", second_upstream.base_url, [MODEL]))
 
     started = time.monotonic()
-    tokens, error = CALLS[(mode, api)](hub)
+    try:
+        tokens, error = CALLS[(mode, api)](hub)
+    finally:
+        if hostile is not None:
+            hostile.stop()
     elapsed = time.monotonic() - started
 
     # 1. In time.
@@ -287,7 +528,8 @@ def test_fault_ends_in_time_with_the_answer_or_a_typed_error(
         answering = BACKUP if falls_back else case.default
         if mode == "stream":
             # Every token exactly once, in order, all from one provider.
-            assert tokens == list(answering.answer_tokens())
+            wanted = expect.tokens if expect.tokens and not falls_back else None
+            assert tokens == list(wanted or answering.answer_tokens())
         else:
             answer = expect.answer if expect.answer and not falls_back else answering.text()
             assert tokens == [answer]
@@ -348,8 +590,9 @@ def test_fault_ends_in_time_with_the_answer_or_a_typed_error(
 
 
 def test_matrix_covers_every_fault_the_fake_upstream_can_inject() -> None:
-    injected = {b.fault for case in FAULTS.values() for b in (*case.behaviours, case.default)}
+    fake = [case for case in FAULTS.values() if case.hostile is None]
+    injected = {b.fault for case in fake for b in (*case.behaviours, case.default)}
     assert injected == set(Fault)
-    statuses = {b.status for case in FAULTS.values() for b in (*case.behaviours, case.default)}
+    statuses = {b.status for case in fake for b in (*case.behaviours, case.default)}
     assert {400, 401, 404, 429, 500, 502, 503} <= statuses
     assert any(case.refused for case in FAULTS.values())

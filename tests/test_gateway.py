@@ -559,19 +559,21 @@ def test_client_disconnect_closes_the_upstream_call(
     started = time.monotonic()
     assert upstreams.slow.wait_for_disconnects(1, timeout=3.0)
     assert time.monotonic() - started < 1.5
-    # The gateway recorded it as a cancelled request, not as a failure.
+    # The gateway recorded it as a cancelled request, not as a failure. The request's
+    # record and the HTTP response's are written a few awaits apart: wait for both.
     deadline = time.monotonic() + 3
     while time.monotonic() < deadline:
         text = gateway.metrics()
         cancelled = metric_value(
             text, "provhub_requests_total", model="slow-model", outcome="cancelled"
         )
-        if cancelled:
+        closed = metric_value(text, "provhub_http_responses_total", route="chat", status="499")
+        if cancelled and closed:
             break
         time.sleep(0.05)
     assert cancelled is not None
     assert cancelled >= 1
-    assert metric_value(text, "provhub_http_responses_total", route="chat", status="499")
+    assert closed
 
 
 def test_paced_tokens_are_forwarded_as_they_arrive(gateway: Gateway, upstreams: Upstreams) -> None:

@@ -13,6 +13,7 @@ checks that the sentinels really were in play (the upstream received them), and
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import subprocess
@@ -582,3 +583,140 @@ def test_an_over_long_event_line_is_a_typed_error(upstream: FakeUpstream) -> Non
         with pytest.raises(AllProvidersFailedError) as caught, hub.stream(MODEL, MESSAGES) as s:
             "".join(s)
         assert "max_line_bytes" in str(caught.value)
+
+
+# -- hostile upstreams echoing credentials (tests/leak_cases.py) -------------------------------
+
+LEAK_TIMEOUTS = {"connect": 1.0, "first_token": 1.0, "idle": 0.5, "total": 3.0}
+
+
+def leaked_credentials(text: str) -> list[str]:
+    """Credentials found in ``text``: whole or in part (10 characters), plain or decoded.
+
+    An escaped key is still a key, and so is the first half of one cut off by an
+    excerpt limit.
+    """
+    import codecs
+    from urllib.parse import unquote
+
+    from tests.leak_cases import CREDENTIALS
+
+    forms = [text, unquote(text)]
+    with contextlib.suppress(UnicodeDecodeError):
+        forms.append(codecs.decode(text.encode("latin-1", "backslashreplace"), "unicode_escape"))
+    found_ = []
+    for secret in CREDENTIALS:
+        pieces = {secret[i : i + 10] for i in range(len(secret) - 9)}
+        if any(piece in form for form in forms for piece in pieces):
+            found_.append(secret)
+    return found_
+
+
+def _leak_hub(make_hub: Callable[..., Hub], url: str, events: list[dict[str, Any]]) -> Hub:
+    from tests.leak_cases import HEADER_KEYS
+
+    hub = make_hub(retries=1, backoff_base=0.0, timeouts=LEAK_TIMEOUTS)
+    hub.subscribe(lambda event: events.append(dict(event)))
+    # Custom credential headers, as a plugin or a programmatic provider sends them.
+    hub.register(OpenAICompatible("remote", url, [MODEL], api_key_env=KEY_ENV, headers=HEADER_KEYS))
+    return hub
+
+
+@pytest.mark.parametrize("mode", ["stream", "complete", "astream", "acomplete"])
+@pytest.mark.parametrize("case", sorted(__import__("tests.leak_cases").leak_cases.CASES))
+def test_credentials_echoed_by_a_hostile_upstream_are_masked_everywhere(
+    make_hub: Callable[..., Hub], secret_key: str, case: str, mode: str
+) -> None:
+    from tests.hostile import HostileServer, Read, Repeat, Send
+    from tests.leak_cases import CASES, CREDENTIALS, HEADER_KEYS
+
+    assert secret_key == KEY
+    events: list[dict[str, Any]] = []
+    with HostileServer(default=[Repeat((Read(), Send(CASES[case])))]) as server:
+        hub = _leak_hub(make_hub, server.base_url, events)
+        error: BaseException | None = None
+        try:
+            if mode == "stream":
+                with hub.stream(MODEL, MESSAGES) as handle:
+                    "".join(handle)
+            elif mode == "complete":
+                hub.complete(MODEL, MESSAGES)
+            elif mode == "astream":
+
+                async def consume() -> None:
+                    async with hub.astream(MODEL, MESSAGES) as handle:
+                        async for _ in handle:
+                            pass
+
+                asyncio.run(consume())
+            else:
+                asyncio.run(hub.acomplete(MODEL, MESSAGES))
+        except ProvhubError as exc:
+            error = exc
+        # The credentials really went out, each in its own header ...
+        sent = server.requests[0].decode("latin-1")
+        assert f"Bearer {KEY}" in sent
+        for name, value in HEADER_KEYS.items():
+            assert f"{name}: {value}" in sent
+    # ... every case fails (none of these is an answer) ...
+    assert isinstance(error, AllProvidersFailedError | StreamInterruptedError), error
+    assert any(e["event"] == "attempt.failed" for e in events)
+    # ... and no credential is in any event, error text, cause, attempt or repr.
+    seen = json.dumps(events, default=repr) + described(error) + repr(error.__dict__)
+    assert leaked_credentials(seen) == [], seen[:2000]
+    assert CREDENTIALS
+
+
+HOSTILE_LOGGING_SCRIPT = textwrap.dedent(
+    """
+    import asyncio, logging, sys
+    sys.path.insert(0, sys.argv[1])
+    from provhub import Config, Hub, ProvhubError, configure_logging
+    from provhub_providers.openai_compatible import OpenAICompatible
+    from tests.hostile import HostileServer, Read, Repeat, Send
+    from tests.leak_cases import CASES, HEADER_KEYS, KEY_ENV
+
+    configure_logging(format="json", level="debug")
+    log = logging.getLogger("host")
+    config = Config.from_mapping({"router": {"retries": 0, "timeouts": {
+        "connect": 1.0, "first_token": 1.0, "idle": 0.5, "total": 3.0}}})
+    messages = [{"role": "user", "content": "hi"}]
+    for name, response in CASES.items():
+        with HostileServer(default=[Repeat((Read(), Send(response)))]) as server:
+            hub = Hub(config, load_plugins=False)
+            hub.register(OpenAICompatible("remote", server.base_url, ["gpt-4"],
+                                          api_key_env=KEY_ENV, headers=HEADER_KEYS))
+            for stream in (True, False):
+                try:
+                    if stream:
+                        for _ in hub.stream("gpt-4", messages):
+                            pass
+                    else:
+                        asyncio.run(hub.acomplete("gpt-4", messages))
+                except ProvhubError as exc:
+                    log.exception("request failed: %s", exc)
+                    log.error("as a host prints it: %s / %r", exc, exc)
+            hub.close()
+    """
+)
+
+
+def test_json_log_lines_of_hostile_echoes_never_contain_credentials(tmp_path: Path) -> None:
+    from tests.leak_cases import CASES, CREDENTIALS
+
+    done = subprocess.run(
+        [sys.executable, "-c", HOSTILE_LOGGING_SCRIPT, str(REPO)],
+        env=_subprocess_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    output = done.stdout + done.stderr
+    lines = [line for line in output.splitlines() if line.startswith("{")]
+    failed = [json.loads(line) for line in lines if '"attempt.failed"' in line]
+    assert len(failed) >= 2 * len(CASES) - 2  # every case told its story ...
+    assert output.count("request failed") >= 2 * len(CASES) - 2
+    assert leaked_credentials(output) == [], output[:3000]  # ... without a credential
+    assert CREDENTIALS

@@ -1,104 +1,86 @@
 """Cancelling a call that is blocked on the network, from another thread.
 
-A :class:`CancelToken` belongs to one request. The connection classes below
-attach their socket to the token of the request being sent, so ``cancel()``
-can shut it down and wake a read blocked on headers or on the next chunk; the
-upstream sees the disconnect.
+A :class:`CancelToken` belongs to one request. Each HTTP exchange of the request
+registers with the token for as long as it owns its socket: from sending the
+request until the response is finished and the connection goes back to the pool
+(:mod:`provhub._exchange`). ``cancel()`` shuts down the sockets of the exchanges in
+progress, which wakes a read blocked on headers or on the next chunk at once; the
+upstream sees the disconnect. A finished exchange is no longer registered, so a
+late ``cancel()`` (an ``aclose()`` after the end of a stream) cannot reach a
+pooled socket that another request now uses.
 """
 
 from __future__ import annotations
 
-import contextlib
-import contextvars
-import socket
 import threading
-from typing import Any
+from typing import Protocol
 
-import urllib3.connection
-import urllib3.connectionpool
+__all__ = ["CancelToken"]
 
-__all__ = ["CancelToken", "sending"]
+
+class _Abortable(Protocol):
+    def abort(self) -> None: ...
 
 
 class CancelToken:
     """Lets another thread abort a call blocked on the network.
 
-    ``cancel`` shuts down the sockets attached to the token, which wakes a
-    blocked read at once (waiting for headers or for the next chunk); the
-    upstream sees the disconnect. ``event`` is set on cancel, so a provider
-    that does not use the network (a local model) can poll ``cancelled`` or
-    wait on ``event``.
+    ``cancel`` aborts every exchange attached to the token (shutting its socket
+    down) and refuses new ones. ``event`` is set on cancel, so a provider that
+    does not use the network (a local model) can poll ``cancelled`` or wait on
+    ``event``.
     """
+
+    __slots__ = ("_attached", "_cancelled", "_event", "_lock")
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._sockets: set[socket.socket] = set()
-        self.event = threading.Event()
+        self._attached: set[_Abortable] = set()
+        self._cancelled = False
+        # Created on first use: a threading.Event is a Condition and two locks,
+        # and nearly every request ends without anyone waiting on it.
+        self._event: threading.Event | None = None
 
     @property
     def cancelled(self) -> bool:
         """Whether ``cancel`` was called."""
-        return self.event.is_set()
+        return self._cancelled
 
-    def attach(self, sock: socket.socket) -> None:
-        """Track a socket in use (shutting it down at once if already cancelled)."""
-        with self._lock:
-            if not self.event.is_set():
-                self._sockets.add(sock)
-                return
-        _shutdown(sock)
-
-    def detach(self, sock: socket.socket | None) -> None:
-        """Stop tracking a socket whose response is finished."""
-        if sock is not None:
+    @property
+    def event(self) -> threading.Event:
+        """Set when ``cancel`` is called (for waiting on it, e.g. ``event.wait(delay)``)."""
+        event = self._event
+        if event is None:
             with self._lock:
-                self._sockets.discard(sock)
+                event = self._event
+                if event is None:
+                    event = self._event = threading.Event()
+                    if self._cancelled:
+                        event.set()
+        return event
+
+    def attach(self, exchange: _Abortable) -> None:
+        """Track an exchange in progress (aborted at once if already cancelled)."""
+        with self._lock:
+            if not self._cancelled:
+                self._attached.add(exchange)
+                return
+        exchange.abort()
+
+    def detach(self, exchange: _Abortable) -> None:
+        """Stop tracking an exchange that is over."""
+        with self._lock:
+            self._attached.discard(exchange)
 
     def cancel(self) -> None:
-        """Abort every attached socket and refuse new ones."""
+        """Abort every attached exchange and refuse new ones (idempotent)."""
         with self._lock:
-            self.event.set()
-            sockets, self._sockets = list(self._sockets), set()
-        for sock in sockets:
-            _shutdown(sock)
-
-
-def _shutdown(sock: socket.socket) -> None:
-    with contextlib.suppress(OSError):  # already closed by either side
-        sock.shutdown(socket.SHUT_RDWR)
-
-
-# The token of the call this thread is sending, read by the connection classes
-# below: the socket must be attachable *before* the response headers arrive,
-# which is the moment requests would hand it to us.
-sending: contextvars.ContextVar[CancelToken | None] = contextvars.ContextVar(
-    "provhub_sending", default=None
-)
-
-
-class _CancellableHTTPConnection(urllib3.connection.HTTPConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        super().request(*args, **kwargs)
-        token = sending.get()
-        if token is not None and self.sock is not None:
-            token.attach(self.sock)
-
-
-class _CancellableHTTPSConnection(urllib3.connection.HTTPSConnection):
-    def request(self, *args: Any, **kwargs: Any) -> None:
-        super().request(*args, **kwargs)
-        token = sending.get()
-        if token is not None and self.sock is not None:
-            token.attach(self.sock)
-
-
-class HTTPPool(urllib3.connectionpool.HTTPConnectionPool):
-    """A urllib3 pool whose connections attach to the sending call's token."""
-
-    ConnectionCls = _CancellableHTTPConnection
-
-
-class HTTPSPool(urllib3.connectionpool.HTTPSConnectionPool):
-    """The TLS variant of :class:`HTTPPool`."""
-
-    ConnectionCls = _CancellableHTTPSConnection
+            self._cancelled = True
+            event = self._event
+            attached, self._attached = list(self._attached), set()
+        if event is not None:
+            event.set()
+        for exchange in attached:
+            # Each exchange checks under its own lock that it still owns its
+            # socket: one released meanwhile is left alone.
+            exchange.abort()

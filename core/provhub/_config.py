@@ -69,6 +69,7 @@ class Limits:
     max_response_bytes: int = 64 * 1024 * 1024
     max_line_bytes: int = 1024 * 1024
     max_request_bytes: int = 16 * 1024 * 1024
+    max_event_bytes: int = 4 * 1024 * 1024
 
 
 @dataclass(frozen=True, slots=True)

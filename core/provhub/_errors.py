@@ -14,6 +14,7 @@
     │   ├── UpstreamConnectionError  connect failed or broke; also requests.ConnectionError
     │   ├── UpstreamTimeoutError     a time budget ran out; also requests.Timeout
     │   ├── UpstreamProtocolError    not the expected wire format
+    │   │   └── JSONAnswerError      a stream request answered with a JSON body
     │   └── RequestTooLargeError     the request exceeds the size limit; nothing sent
     ├── StreamInterruptedError       broke after items reached the caller
     └── AllProvidersFailedError      every attempt failed (``attempts`` in order)
@@ -44,6 +45,7 @@ __all__ = [
     "ConfigError",
     "FailureKind",
     "InvalidRequestError",
+    "JSONAnswerError",
     "ModelNotFoundError",
     "NoProviderError",
     "PluginLoadError",
@@ -256,6 +258,20 @@ class UpstreamTimeoutError(ProviderError, requests.Timeout):
 
 class UpstreamProtocolError(ProviderError):
     """The upstream sent something that is not the expected wire format."""
+
+
+class JSONAnswerError(UpstreamProtocolError):
+    """A stream request was answered with a whole JSON body, not an event stream.
+
+    ``answer`` holds the body, decoded. A provider that knows the format parses
+    it as the answer (the openai-compatible provider does: some servers ignore
+    ``stream: true``); unhandled, it is a non-retryable protocol error, never an
+    empty success.
+    """
+
+    def __init__(self, message: str, *, answer: Any, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        self.answer = answer
 
 
 class RequestTooLargeError(ProviderError):

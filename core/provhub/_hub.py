@@ -45,7 +45,7 @@ from provhub._stream import Completion, Stream
 from provhub._transport import Transport
 
 if TYPE_CHECKING:
-    from provhub._aio import AsyncStream
+    from provhub._aio import AsyncStream, Workers
     from provhub._metrics import RequestMetrics
     from provhub.telemetry import Instrumentation
 
@@ -113,6 +113,8 @@ class Hub:
             cooldown=self.config.router.breaker_cooldown,
         )
         self._transport = Transport(limits=self.config.limits)
+        # Worker threads of async streams, created on the first astream.
+        self._workers: Workers | None = None
         self._rng = random.Random()
         self._router = Router(
             self._registry, self._health, self.config.router, self.config.providers, rng=self._rng
@@ -407,7 +409,8 @@ class Hub:
         from provhub._aio import AsyncStream
 
         return AsyncStream(
-            self._start(model, messages, provider, require, timeouts, params, stream=True)
+            self._start(model, messages, provider, require, timeouts, params, stream=True),
+            self._async_workers(),
         )
 
     async def acomplete(
@@ -424,7 +427,18 @@ class Hub:
         from provhub._aio import acomplete
 
         stream = self._start(model, messages, provider, require, timeouts, params, stream=False)
-        return await acomplete(stream)
+        return await acomplete(stream, self._async_workers())
+
+    def _async_workers(self) -> Workers:
+        workers = self._workers
+        if workers is None:
+            from provhub._aio import Workers
+
+            with self._lock:
+                if self._workers is None:
+                    self._workers = Workers()
+                workers = self._workers
+        return workers
 
     def _start(
         self,
@@ -450,7 +464,13 @@ class Hub:
         if not plan.candidates:
             raise NoProviderError(request.model, dict(plan.excluded), hint=self._plugin_hint())
         # 64 random bits, as hex: unique enough to join events, cheaper than uuid4.
-        return Stream(Run(self._run_deps, plan, request, request_id=os.urandom(8).hex()))
+        # From the random module, not os.urandom: that is a syscall which releases
+        # the GIL, and an event loop starting hundreds of astreams while their
+        # workers run waits milliseconds to get the GIL back each time. The module's
+        # generator is seeded by the OS and reseeded in a forked child, so replicas
+        # forked from one parent never repeat each other's ids.
+        request_id = f"{random.getrandbits(64):016x}"
+        return Stream(Run(self._run_deps, plan, request, request_id=request_id))
 
     def _provider_name(self, provider: Any) -> str | None:
         if provider is None or isinstance(provider, str):
@@ -534,8 +554,10 @@ class Hub:
     # -- lifecycle --------------------------------------------------------
 
     def close(self) -> None:
-        """Close pooled connections. The hub stays usable (it reconnects)."""
+        """Close pooled connections and idle worker threads. The hub stays usable."""
         self._transport.close()
+        if self._workers is not None:
+            self._workers.close()
 
     def __enter__(self) -> Hub:
         return self

@@ -13,9 +13,10 @@ secret):
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping
 from typing import Any
-from urllib.parse import quote
+from urllib.parse import quote, unquote
 
 __all__ = ["REDACTED", "Secrets", "redact", "redact_into"]
 
@@ -129,13 +130,18 @@ class Secrets:
     """The credentials one call sent, masked in any text derived from the answer.
 
     Each secret is masked as sent, JSON-escaped (``\\u`` forms included) and
-    URL-encoded, since upstreams quote rejected keys in all of these forms.
+    URL-encoded, since upstreams quote rejected keys in all of these forms; a
+    text that quotes a key with only *some* characters escaped is decoded first
+    (JSON escapes, then percent-encoding) and masked in its decoded form. A text
+    cut short in the middle of a key (an excerpt limit) has the cut-off part
+    masked too.
     """
 
-    __slots__ = ("_forms",)
+    __slots__ = ("_forms", "_values")
 
     def __init__(self, values: Iterable[str] = ()) -> None:
         self._forms: tuple[str, ...] = ()
+        self._values: tuple[str, ...] = ()
         self.add(*values)
 
     def __bool__(self) -> bool:
@@ -144,12 +150,15 @@ class Secrets:
     def add(self, *values: str) -> None:
         """Remember more secret values (short ones are ignored)."""
         forms = set(self._forms)
+        kept = set(self._values)
         for value in values:
             if not isinstance(value, str) or len(value) < _MIN_SECRET:
                 continue
+            kept.add(value)
             forms.update(_forms_of(value))
         # Longest first, so a secret that contains another is masked whole.
         self._forms = tuple(sorted(forms, key=len, reverse=True))
+        self._values = tuple(sorted(kept, key=len, reverse=True))
 
     def add_headers(self, headers: Mapping[str, str]) -> None:
         """Remember the value of every header that may carry a credential."""
@@ -159,11 +168,37 @@ class Secrets:
             # "Bearer KEY", "Basic XYZ": the token alone is echoed as often as the whole.
             self.add(value, value.rsplit(" ", 1)[-1])
 
-    def mask(self, text: str) -> str:
-        """``text`` with every known secret replaced by ``***``."""
+    def _replace(self, text: str) -> str:
         for form in self._forms:
             if form in text:
                 text = text.replace(form, REDACTED)
+        return text
+
+    def _found(self, text: str) -> bool:
+        return any(value in text for value in self._values)
+
+    def mask(self, text: str) -> str:
+        """``text`` with every known secret replaced by ``***``."""
+        if not self._forms or not text:
+            return text
+        text = self._replace(text)
+        if "\\" in text:
+            decoded = _unescape(text)
+            if self._found(decoded):
+                text = self._replace(decoded)
+        if "%" in text:
+            decoded = unquote(text)
+            if self._found(decoded):
+                text = self._replace(decoded)
+        return self._mask_cut(text)
+
+    def _mask_cut(self, text: str) -> str:
+        """Mask the start of a secret at the end of ``text`` (a cut excerpt)."""
+        body = text.rstrip(".\u2026 ")
+        for value in self._values:
+            for size in range(len(value) - 1, _MIN_FRAGMENT - 1, -1):
+                if body.endswith(value[:size]):
+                    return body[:-size] + REDACTED + text[len(body) :]
         return text
 
     def mask_bytes(self, raw: bytes) -> bytes:
@@ -173,6 +208,24 @@ class Secrets:
             if encoded in raw:
                 raw = raw.replace(encoded, b"***")
         return raw
+
+
+# The shortest end of a text still masked as the start of a cut-off secret.
+_MIN_FRAGMENT = 4
+_ESCAPE = re.compile(r'\\(?:u([0-9a-fA-F]{4})|(["\\/bfnrt]))')
+_SIMPLE = {"b": "\b", "f": "\f", "n": "\n", "r": "\r", "t": "\t"}
+
+
+def _unescape(text: str) -> str:
+    """JSON string escapes decoded wherever they appear (the rest left as is)."""
+
+    def one(match: re.Match[str]) -> str:
+        if match.group(1):
+            return chr(int(match.group(1), 16))
+        char = match.group(2)
+        return _SIMPLE.get(char, char)
+
+    return _ESCAPE.sub(one, text)
 
 
 def _forms_of(value: str) -> set[str]:

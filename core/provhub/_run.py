@@ -31,6 +31,8 @@ from provhub._errors import (
     ProviderSpecError,
     RequestTooLargeError,
     StreamInterruptedError,
+    UpstreamConnectionError,
+    UpstreamTimeoutError,
     as_provider_error,
 )
 from provhub._events import DEBUG, ERROR, INFO, WARNING, EventEmitter
@@ -319,6 +321,7 @@ class Run:
         ttft: float | None = None
         iterator: Iterator[Any] | None = None
         completed = False
+        finished = False  # the upstream said why it stopped (a finish reason)
         request = self.request
         health.begin(name)
         try:
@@ -346,6 +349,8 @@ class Run:
                 else:
                     taken = take(item, name)
                     others += 1
+                    if type(taken) is FinishReason:
+                        finished = True
                     if ttft is None and not isinstance(taken, FinishReason | Usage):
                         ttft = time.monotonic() - started
                         self._emit(DEBUG, "stream.first_token", ttft_ms=round(ttft * 1000, 3))
@@ -364,7 +369,19 @@ class Run:
                 health.release(name)
                 self._emit(INFO, "stream.cancelled", chunks=delivered, chars=chars)
                 raise self._interrupted(name, error) from exc
-            if delivered or others:
+            if finished and isinstance(error, UpstreamTimeoutError | UpstreamConnectionError):
+                # The answer is whole once its finish reason arrived: a stall or a
+                # broken connection after it (an overstated Content-Length, no
+                # [DONE]) costs at most the usage chunk, never the answer.
+                self._emit(
+                    WARNING,
+                    "stream.tail_failed",
+                    error_type=_error_type(error),
+                    error=error.detail,
+                    chunks=delivered,
+                )
+                completed = True
+            elif delivered or others:
                 # SPEC §11: once any item reached the caller, no retry or fallback.
                 self._emit(
                     ERROR,
@@ -376,7 +393,8 @@ class Run:
                 )
                 self._record_failure(info, error, None, time.monotonic() - started)
                 raise self._interrupted(name, error) from exc
-            return error
+            else:
+                return error
         finally:
             health.end(name)
             if iterator is not None and hasattr(iterator, "close"):

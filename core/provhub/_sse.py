@@ -45,12 +45,18 @@ class SSEDecoder:
         max_line_bytes: longest line accepted, terminator excluded. A longer line raises
             `SSEDecodeError` as soon as it is seen, so a hostile upstream cannot make the
             decoder buffer without bound. After that error the decoder must not be reused.
+        max_event_bytes: largest event payload accepted (its data values joined). One
+            event of millions of short ``data:`` lines would otherwise grow without bound
+            while each line stays short; the values are joined as they arrive, so the
+            memory held is about the payload itself.
     """
 
     __slots__ = (
         "_careful",
         "_first",
         "_max",
+        "_max_event",
+        "_max_single",
         "_rest",
         "_start",
         "_swallow_lf",
@@ -58,10 +64,15 @@ class SSEDecoder:
         "_tail_len",
     )
 
-    def __init__(self, max_line_bytes: int = 1 << 20) -> None:
+    def __init__(self, max_line_bytes: int = 1 << 20, max_event_bytes: int = 4 << 20) -> None:
         if max_line_bytes < 1:
             raise ValueError(f"max_line_bytes must be at least 1, not {max_line_bytes}")
+        if max_event_bytes < 1:
+            raise ValueError(f"max_event_bytes must be at least 1, not {max_event_bytes}")
         self._max = max_line_bytes
+        self._max_event = max_event_bytes
+        # A one-line event this short is within both limits: the fast path takes it.
+        self._max_single = min(max_line_bytes, max_event_bytes)
         self._reset()
 
     def _reset(self) -> None:
@@ -76,10 +87,10 @@ class SSEDecoder:
         self._start = True
         # Any of the three states above is set: take the careful path in feed().
         self._careful = True
-        # Data-field values of the event being built: the first (None before it)
-        # and the further ones.
+        # Data-field values of the event being built: the first (None before it),
+        # and the further ones joined as they come, each after its LF.
         self._first: bytes | None = None
-        self._rest: list[bytes] = []
+        self._rest = bytearray()
 
     def feed(self, data: bytes) -> list[bytes]:
         """Decode the next network read (any size, possibly empty).
@@ -101,7 +112,7 @@ class SSEDecoder:
             # answer it with one partition and one slice, without the line loop.
             # ("13 in" finds a CR with memchr; "b'\r' in" costs ~8x more on 3.11.)
             head, lf, after = data.partition(b"\n")
-            if after == b"\n" and len(head) <= self._max:
+            if after == b"\n" and len(head) <= self._max_single:
                 if head[:6] == b"data: ":
                     return [head[6:]]
                 if head[:5] == b"data:":
@@ -144,13 +155,19 @@ class SSEDecoder:
                     continue
                 if first is None:
                     first = value
+                    if len(value) > self._max_event:
+                        self._too_big(len(value))
                 else:
-                    self._rest.append(value)
+                    rest = self._rest
+                    rest += b"\n"
+                    rest += value
+                    if len(first) + len(rest) > self._max_event:
+                        self._too_big(len(first) + len(rest))
             elif first is not None:
                 # §9.2.6 "dispatch the event": values joined by LF, no trailing LF.
                 rest = self._rest
                 if rest:
-                    out.append(b"\n".join([first, *rest]))
+                    out.append(first + rest)
                     rest.clear()
                 else:
                     out.append(first)
@@ -220,6 +237,11 @@ class SSEDecoder:
                 f"event-stream line exceeds max_line_bytes ({self._max}) before its end"
             )
 
+    def _too_big(self, size: int) -> None:
+        raise SSEDecodeError(
+            f"event-stream event of {size}+ bytes exceeds max_event_bytes ({self._max_event})"
+        )
+
     def _check(self, lines: list[bytes]) -> None:
         """Raise if a complete line is longer than ``max_line_bytes``."""
         longest = max(map(len, lines), default=0)
@@ -229,13 +251,16 @@ class SSEDecoder:
             )
 
 
-def iter_sse(chunks: Iterable[bytes], max_line_bytes: int = 1 << 20) -> Iterator[bytes]:
+def iter_sse(
+    chunks: Iterable[bytes], max_line_bytes: int = 1 << 20, max_event_bytes: int = 4 << 20
+) -> Iterator[bytes]:
     """Decode an iterable of network reads into event data payloads (feed + close).
 
     Raises:
-        SSEDecodeError: a line is longer than ``max_line_bytes``.
+        SSEDecodeError: a line is longer than ``max_line_bytes``, or an event larger
+            than ``max_event_bytes``.
     """
-    decoder = SSEDecoder(max_line_bytes)
+    decoder = SSEDecoder(max_line_bytes, max_event_bytes)
     for chunk in chunks:
         yield from decoder.feed(chunk)
     yield from decoder.close()

@@ -1,29 +1,48 @@
 """The shared HTTP transport of every HTTP provider (SPEC §10): bytes only.
 
 One pooled ``requests.Session`` per transport (a hub owns one), explicit
-timeouts for every phase, size limits, SSE framing, and mapping of HTTP
-statuses and transport failures to the typed errors of :mod:`provhub._errors`.
-What the bytes mean (the OpenAI chat format) is :mod:`provhub._openai`'s job.
+budgets for every phase, size limits, SSE framing, and mapping of HTTP statuses
+and transport failures to the typed errors of :mod:`provhub._errors`. What the
+bytes mean (the OpenAI chat format) is :mod:`provhub._openai`'s job; how every
+read and write is bounded is :mod:`provhub._exchange`'s.
+
+What an upstream cannot do to a call, whatever it sends (docs/reliability.md):
+
+- hold it past its deadline: every operation of every exchange is bounded by
+  what is left of ``first_token`` and ``total``;
+- make it follow a redirect: a 3xx is an error naming where it pointed (a 307
+  would re-send the prompt to another origin);
+- pass off something else as a stream: a stream is accepted only as
+  ``text/event-stream``; a JSON body is handed over as
+  :class:`~provhub.JSONAnswerError` for the provider to parse; anything else,
+  an empty stream included, is a retryable :class:`UpstreamProtocolError`;
+- fill memory: bodies are read and decompressed in bounded blocks, and lines,
+  events and whole responses are capped by ``[limits]``;
+- spoil a complete answer: after ``[DONE]`` the rest of the body is drained
+  within a small bound, and the connection is closed instead if it does not come.
 """
 
 from __future__ import annotations
 
+import http.client
+import http.cookiejar
 import json
 import threading
 import time
 import urllib.request
-from collections.abc import Generator, Iterator, Mapping
+from collections.abc import Generator, Mapping
 from typing import Any
-from urllib.parse import urlsplit
+from urllib.parse import urljoin, urlsplit
 
 import requests
-import urllib3.exceptions
 from requests.adapters import HTTPAdapter
 
 from provhub import _explain as explain
-from provhub._cancel import CancelToken, HTTPPool, HTTPSPool, sending
+from provhub._body import Body, Ended
+from provhub._cancel import CancelToken
 from provhub._config import Limits, Timeouts
 from provhub._errors import (
+    JSONAnswerError,
     ProviderError,
     RequestTooLargeError,
     UpstreamConnectionError,
@@ -34,20 +53,56 @@ from provhub._errors import (
     parse_retry_after,
     status_retryable,
 )
+from provhub._exchange import (
+    Cancelled,
+    Exchange,
+    Expired,
+    HTTPPool,
+    HTTPSPool,
+    Response,
+    exchanging,
+)
 from provhub._redact import Secrets
 from provhub._sse import SSEDecodeError, SSEDecoder
 
 __all__ = ["Transport", "parse_retry_after"]
 
 _BODY_EXCERPT = 200
+# Bytes of an error body read for its excerpt, and how long that may take: the
+# status is the news, the body only its explanation.
+_ERROR_BODY_BYTES = 16384
+_ERROR_BODY_SECONDS = 1.0
+# After [DONE]: how long and how much to read for the end of the framing (the
+# final zero-length chunk) so the connection can be reused; past that it is closed.
+_DRAIN_SECONDS = 0.25
+_DRAIN_BYTES = 65536
+
+
+class _Session(requests.Session):
+    """A session that never looks at redirects.
+
+    requests reads a redirect's whole body (``resp.content``) to build the next
+    request even with ``allow_redirects=False``; provhub reports redirects
+    instead (see :meth:`Transport._redirect`).
+    """
+
+    def get_redirect_target(self, resp: requests.Response) -> str | None:
+        return None
 
 
 class _Adapter(HTTPAdapter):
-    """requests' adapter whose pools use the cancellable connections above."""
+    """requests' adapter whose pools use the bounded connections of :mod:`provhub._exchange`."""
 
     def init_poolmanager(self, *args: Any, **kwargs: Any) -> None:
         super().init_poolmanager(*args, **kwargs)
         self.poolmanager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+
+    def proxy_manager_for(self, proxy: str, **proxy_kwargs: Any) -> Any:
+        manager = super().proxy_manager_for(proxy, **proxy_kwargs)
+        if not proxy.lower().startswith("socks"):
+            # Through an HTTP(S) proxy too, every read is bounded by the exchange.
+            manager.pool_classes_by_scheme = {"http": HTTPPool, "https": HTTPSPool}
+        return manager
 
     def close(self) -> None:
         # urllib3 2 forgets its pools on clear() without closing them; they close when
@@ -66,15 +121,22 @@ def _excerpt(raw: bytes, secrets: Secrets | None = None) -> str:
     """A short, single-line, secret-free excerpt of an error body.
 
     JSON bodies of the common ``{"error": {"message": ...}}`` shape give their
-    message.
+    message. JSON is decoded before masking, so a key the upstream quoted with
+    some characters ``\\u``-escaped is masked like any other.
     """
-    text = raw[: _BODY_EXCERPT * 4].decode("utf-8", "replace")
+    text = raw.decode("utf-8", "replace")
     try:
-        message = json.loads(text)["error"]["message"]
+        decoded = json.loads(text)
+    except (ValueError, RecursionError):
+        pass
+    else:
+        message = decoded.get("error") if isinstance(decoded, dict) else None
+        if isinstance(message, dict):
+            message = message.get("message")
         if isinstance(message, str):
             text = message
-    except (ValueError, KeyError, TypeError, RecursionError):
-        pass
+        elif decoded is not None:
+            text = json.dumps(decoded, ensure_ascii=False)
     if secrets:
         text = secrets.mask(text)
     text = " ".join(text.split())
@@ -82,37 +144,89 @@ def _excerpt(raw: bytes, secrets: Secrets | None = None) -> str:
 
 
 def _host(url: str) -> str | None:
+    """``host:port`` of ``url``; never its userinfo (``user:password@``)."""
     try:
-        return urlsplit(url).netloc or None
+        parts = urlsplit(url)
+        host = parts.hostname
+        if not host:
+            return None
+        return f"{host}:{parts.port}" if parts.port else host
     except ValueError:
         return None
 
 
-def _release(response: requests.Response, cancel: CancelToken | None) -> None:
-    if cancel is not None:
-        cancel.detach(_socket_of(response))
-    response.close()
+def _shown(url: str) -> str:
+    """``url`` as messages may show it: without ``user:password@``."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return ""
+    if "@" not in parts.netloc:
+        return url
+    return parts._replace(netloc=parts.netloc.rsplit("@", 1)[1]).geturl()
 
 
-def _trickle_timeout(timeouts: Timeouts, provider: str) -> UpstreamTimeoutError:
-    return UpstreamTimeoutError(
-        f"first-token timeout of {explain.seconds(min(timeouts.first_token, timeouts.total))} "
-        "exceeded (the upstream trickles bytes too slowly)",
+def _timeout_error(exc: Expired, provider: str, host: str | None) -> UpstreamTimeoutError:
+    if exc.budget == "idle":
+        message = explain.silent("idle", exc.seconds)
+    elif exc.budget == "total":
+        message = f"total timeout of {explain.seconds(exc.seconds)} exceeded"
+    else:
+        message = explain.timeout_words("first-token", exc.seconds, host)
+    return UpstreamTimeoutError(message, provider=provider, retryable=True, host=host)
+
+
+def _read_error(
+    exc: BaseException, provider: str, host: str | None, url: str | None = None
+) -> ProviderError:
+    """Map a failure while reading a body (the answer had started or not)."""
+    if isinstance(exc, Expired):
+        return _timeout_error(exc, provider, host)
+    if isinstance(exc, Cancelled):
+        return UpstreamConnectionError("call cancelled", provider=provider, host=host)
+    if isinstance(exc, UpstreamProtocolError):
+        exc.provider = provider
+        exc.host = exc.host or host
+        return exc
+    if isinstance(exc, Ended):
+        return UpstreamConnectionError(
+            f"the connection to {host or 'the upstream'} broke while reading the answer: "
+            "it closed the connection before the end of the response body",
+            provider=provider,
+            retryable=True,
+            host=host,
+        )
+    return UpstreamConnectionError(
+        explain.broken_read(exc, _shown(url) if url else None),
         provider=provider,
         retryable=True,
+        host=host,
     )
 
 
-def _socket_of(response: requests.Response) -> Any:
-    # urllib3 2.x keeps the live connection on the response while streaming;
-    # reaching its socket lets us switch from the first-token timeout to the idle
-    # timeout once headers arrived. Absent (other urllib3), we keep one timeout.
-    connection = getattr(response.raw, "_connection", None)
-    return getattr(connection, "sock", None)
+def _original(exc: BaseException) -> BaseException:
+    """What to chain: the socket's own error behind a budget or a cancel, if any."""
+    if isinstance(exc, Expired | Cancelled) and exc.__cause__ is not None:
+        return exc.__cause__
+    return exc
+
+
+# What a body read may raise besides ProviderError; MemoryError is deliberately
+# absent (it is not a connection failure, and must not be retried as one).
+_READ_ERRORS = (Expired, Cancelled, Ended, OSError, http.client.HTTPException)
+
+
+def _whole_json(data: bytes | bytearray) -> Any:
+    """``data`` decoded if it is one whole JSON object, else None."""
+    try:
+        value = json.loads(data)
+    except (ValueError, RecursionError):
+        return None
+    return value if isinstance(value, dict) else None
 
 
 class Transport:
-    """Pooled, thread-safe HTTP for providers, with timeouts and typed errors.
+    """Pooled, thread-safe HTTP for providers, with budgets, limits and typed errors.
 
     Proxy settings are read from the environment once, at creation: requests
     re-reads them on every call otherwise (``trust_env``), which PERFORMANCE.md
@@ -139,8 +253,14 @@ class Transport:
         if session is None:
             with self._lock:
                 if self._session is None:
-                    session = requests.Session()
+                    session = _Session()
                     session.trust_env = False
+                    # No cookie an upstream sets is kept or sent back: LLM APIs use
+                    # keys (from the environment), and a jar shared by every
+                    # provider would grow with each Set-Cookie a hostile one sends.
+                    session.cookies.set_policy(
+                        http.cookiejar.DefaultCookiePolicy(allowed_domains=[])
+                    )
                     adapter = _Adapter(pool_connections=8, pool_maxsize=self._pool_maxsize)
                     session.mount("http://", adapter)
                     session.mount("https://", adapter)
@@ -165,17 +285,22 @@ class Transport:
             self._proxy_cache[key] = None if bypass else self._proxies
         return self._proxy_cache[key]
 
-    def _send(
+    # -- one exchange ------------------------------------------------------------
+
+    def _open(
         self,
         url: str,
         payload: Mapping[str, Any],
         headers: Mapping[str, str],
         timeouts: Timeouts,
         provider: str,
+        verify: bool | None,
+        cancel: CancelToken | None,
         *,
-        verify: bool | None = None,
-        cancel: CancelToken | None = None,
-    ) -> requests.Response:
+        stream: bool,
+    ) -> tuple[requests.Response, Exchange, Body]:
+        """Send the request and check the status; the body is still to be read."""
+        started = time.monotonic()
         body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
         if len(body) > self.limits.max_request_bytes:
             raise RequestTooLargeError(
@@ -185,73 +310,249 @@ class Transport:
             )
         all_headers = {
             "content-type": "application/json",
-            "accept": "text/event-stream, application/json",
+            "accept": "text/event-stream, application/json" if stream else "application/json",
+            # Only what Body decodes (requests would add br/zstd when installed).
+            "accept-encoding": "gzip, deflate",
         }
         all_headers.update(headers)
-        token = sending.set(cancel)
+        exchange = Exchange(timeouts, started, cancel)
+        # The connect budget is capped by what is left of the total.
+        connect = max(0.001, min(timeouts.connect, timeouts.total))
+        token = exchanging.set(exchange)
         try:
             response = self.session.post(
                 url,
                 data=body,
                 headers=all_headers,
                 stream=True,
-                timeout=(timeouts.connect, min(timeouts.first_token, timeouts.total)),
+                allow_redirects=False,
+                timeout=(connect, exchange.first_token),
                 proxies=self._proxies_for(url),
                 verify=self.verify if verify is None else verify,
             )
-        except requests.ConnectTimeout as exc:
-            raise UpstreamTimeoutError(
-                explain.connect_failure(exc, url, connect_timeout=timeouts.connect),
-                provider=provider,
-                retryable=True,
-            ) from exc
-        except requests.ReadTimeout as exc:
-            raise UpstreamTimeoutError(
-                explain.timeout_words(
-                    "first-token", min(timeouts.first_token, timeouts.total), _host(url)
-                ),
-                provider=provider,
-                retryable=True,
-            ) from exc
-        except requests.ConnectionError as exc:
-            if cancel is not None and cancel.cancelled:
-                raise UpstreamConnectionError("call cancelled", provider=provider) from exc
-            raise UpstreamConnectionError(
-                explain.connect_failure(exc, url),
-                provider=provider,
-                retryable=True,
-                host=_host(url),
-            ) from exc
-        except requests.RequestException as exc:
-            raise ProviderError(f"request failed: {exc}", provider=provider) from exc
+        except BaseException as exc:
+            exchange.release()
+            error = self._send_error(exc, url, provider, connect, all_headers)
+            if error is exc:
+                raise
+            raise error from _original(exc)
         finally:
-            sending.reset(token)
-        if response.status_code >= 400:
+            exchanging.reset(token)
+        raw = response.raw._original_response
+        if not isinstance(raw, Response) or raw.exchange is not exchange:
+            # Not read through the bounded wire: a SOCKS proxy (urllib3's own pools).
+            response.close()
+            exchange.release()
+            raise ProviderError(
+                "SOCKS proxies are not supported (their connections cannot be bounded); "
+                "use an HTTP proxy or none",
+                provider=provider,
+            )
+        status = response.status_code
+        refused = status >= 300 or status < 200 or status in (204, 205)
+        try:
+            reader: Body | None = Body(raw, self.limits.max_response_bytes)
+        except UpstreamProtocolError as exc:
+            if not refused:
+                self._finish(response, exchange, None)
+                exc.provider = provider
+                exc.host = _host(url)
+                raise
+            reader = None  # an error status with an unreadable body: the status still counts
+        if refused or reader is None:
             try:
-                raw = response.raw.read(_BODY_EXCERPT * 4, decode_content=True) or b""
-            except Exception:  # the error status matters more than its body
-                raw = b""
+                self._refuse(response, exchange, reader, url, provider, all_headers, stream)
             finally:
-                _release(response, cancel)
-            status = response.status_code
+                self._finish(response, exchange, reader)
+        assert reader is not None  # refused otherwise
+        return response, exchange, reader
+
+    def _send_error(
+        self,
+        exc: BaseException,
+        url: str,
+        provider: str,
+        connect: float,
+        headers: Mapping[str, str],
+    ) -> BaseException:
+        host = _host(url)
+        if isinstance(exc, Expired):
+            return _timeout_error(exc, provider, host)
+        if isinstance(exc, Cancelled):
+            return UpstreamConnectionError("call cancelled", provider=provider, host=host)
+        if isinstance(exc, UpstreamProtocolError):  # raised by the wire's header checks
+            exc.provider = provider
+            exc.host = host
+            return exc
+        if isinstance(exc, requests.ConnectTimeout):
+            return UpstreamTimeoutError(
+                explain.connect_failure(exc, _shown(url), connect_timeout=connect),
+                provider=provider,
+                retryable=True,
+                host=host,
+            )
+        if isinstance(exc, requests.ReadTimeout):
+            return UpstreamTimeoutError(
+                explain.timeout_words("first-token", connect, host),
+                provider=provider,
+                retryable=True,
+                host=host,
+            )
+        if isinstance(exc, requests.ConnectionError):
+            return UpstreamConnectionError(
+                explain.connect_failure(exc, _shown(url)),
+                provider=provider,
+                retryable=True,
+                host=host,
+            )
+        if isinstance(exc, requests.RequestException):
             secrets = Secrets()
-            secrets.add_headers(all_headers)
-            raise UpstreamHTTPError(
-                secrets.mask(
-                    explain.http_failure(
-                        status, response.reason, _host(url), _excerpt(raw, secrets)
-                    )
-                ),
-                response=response,
+            secrets.add_headers(headers)
+            text = secrets.mask(" ".join(str(exc).split()))[:160]
+            return ProviderError(f"request failed: {type(exc).__name__}: {text}", provider=provider)
+        return exc  # MemoryError, KeyboardInterrupt...: not the network's doing
+
+    def _refuse(
+        self,
+        response: requests.Response,
+        exchange: Exchange,
+        reader: Body | None,
+        url: str,
+        provider: str,
+        headers: Mapping[str, str],
+        stream: bool,
+    ) -> None:
+        """Raise the error for a status that is not an answer (3xx, 4xx, 5xx, 1xx, 204)."""
+        status = response.status_code
+        secrets = Secrets()
+        secrets.add_headers(headers)
+        host = _host(url)
+        if 300 <= status < 400:
+            raise self._redirect(response, url, provider, secrets)
+        if status < 400:
+            what = "an event stream" if stream else "a JSON answer"
+            raise UpstreamProtocolError(
+                f"HTTP {status} carries no body; expected {what}",
                 provider=provider,
                 status=status,
-                retryable=status_retryable(status),
-                body=_excerpt(raw, secrets),
-                retry_after=parse_retry_after(response.headers.get("retry-after")),
-                kind=kind_of_status(status),
-                host=_host(url),
+                retryable=True,
+                host=host,
             )
-        return response
+        raw = self._error_body(exchange, reader)
+        excerpt = _excerpt(raw, secrets)
+        raise UpstreamHTTPError(
+            secrets.mask(explain.http_failure(status, response.reason, host, excerpt)),
+            response=response,
+            provider=provider,
+            status=status,
+            retryable=status_retryable(status),
+            body=excerpt,
+            retry_after=parse_retry_after(response.headers.get("retry-after")),
+            kind=kind_of_status(status),
+            host=host,
+        )
+
+    @staticmethod
+    def _error_body(exchange: Exchange, reader: Body | None) -> bytes:
+        """Up to ``_ERROR_BODY_BYTES`` of an error body, within a short budget."""
+        if reader is None:
+            return b""
+        exchange.cap(_ERROR_BODY_SECONDS)
+        exchange.waiting = False
+        chunks: list[bytes] = []
+        size = 0
+        try:
+            while size < _ERROR_BODY_BYTES:
+                block = reader.read()
+                if not block:
+                    break
+                chunks.append(block)
+                size += len(block)
+        except (*_READ_ERRORS, ProviderError):  # the status matters more than its body
+            pass
+        return b"".join(chunks)[:_ERROR_BODY_BYTES]
+
+    @staticmethod
+    def _redirect(
+        response: requests.Response, url: str, provider: str, secrets: Secrets
+    ) -> UpstreamHTTPError:
+        status = response.status_code
+        location = response.headers.get("location")
+        if location:
+            try:
+                target = urlsplit(urljoin(url, location.strip()))
+                where = f"{target.scheme}://{_host(target.geturl()) or '?'}"
+            except ValueError:
+                where = "an invalid Location"
+            where = "to " + secrets.mask(where)
+        else:
+            where = "without a Location header"
+        return UpstreamHTTPError(
+            f"upstream redirected {where} (HTTP {status}); provhub does not follow "
+            "redirects (they would re-send the prompt): set the provider's URL to the "
+            "final address",
+            response=response,
+            provider=provider,
+            status=status,
+            retryable=False,
+            host=_host(url),
+        )
+
+    @staticmethod
+    def _finish(response: requests.Response, exchange: Exchange, reader: Body | None) -> None:
+        """Hand the connection back to the pool if it is clean, else close it."""
+        raw = response.raw._original_response
+        # Before the pool can hand the connection to anyone else.
+        exchange.release()
+        if reader is not None and reader.clean and isinstance(raw, Response) and raw.reusable:
+            raw.close()  # http.client: this response is done, the connection may send again
+            response.raw.release_conn()
+        else:
+            response.close()
+
+    def _read_json(
+        self,
+        exchange: Exchange,
+        reader: Body,
+        provider: str,
+        host: str | None,
+        headers: Mapping[str, str],
+    ) -> Any:
+        """Read a whole JSON body within the first-token budget and decode it."""
+        # One growing buffer: a list of blocks joined at the end would hold the
+        # body twice at its peak.
+        data = bytearray()
+        try:
+            while True:
+                block = reader.read()
+                if not block:
+                    break
+                data += block
+        except UpstreamProtocolError as exc:
+            exc.provider = provider
+            exc.host = exc.host or host
+            raise
+        except _READ_ERRORS as exc:
+            # A body that stalls or ends early (an overstated Content-Length) after
+            # a whole JSON object is a complete answer.
+            answer = _whole_json(data)
+            if answer is None:
+                url = f"http://{host}" if host else None
+                raise _read_error(exc, provider, host, url) from _original(exc)
+            return answer
+        try:
+            return json.loads(data)
+        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
+            secrets = Secrets()
+            secrets.add_headers(headers)
+            raise UpstreamProtocolError(
+                f"response is not JSON ({len(data)} bytes)",
+                provider=provider,
+                body=_excerpt(bytes(data[:_ERROR_BODY_BYTES]), secrets),
+                host=host,
+            ) from exc
+
+    # -- the two calls -------------------------------------------------------------
 
     def post_json(
         self,
@@ -264,39 +565,19 @@ class Transport:
         verify: bool | None = None,
         cancel: CancelToken | None = None,
     ) -> Any:
-        """POST ``payload`` as JSON and return the decoded JSON answer."""
-        # Measured before sending, as in stream_sse: the total budget covers the
-        # wait for headers too, not only the body.
-        started = time.monotonic()
-        response = self._send(
-            url, payload, headers, timeouts, provider, verify=verify, cancel=cancel
+        """POST ``payload`` as JSON and return the decoded JSON answer.
+
+        The whole body must arrive within the first-token budget: its first token
+        is in the complete body, and one slow upstream must not eat the deadline
+        a fallback needs.
+        """
+        response, exchange, reader = self._open(
+            url, payload, headers, timeouts, provider, verify, cancel, stream=False
         )
-        # Without streaming, the first token is in the whole body: a body that
-        # trickles in (each read within the idle budget) must still be complete
-        # within the first-token budget, or one slow upstream eats the deadline
-        # that a fallback needs.
-        first_deadline = started + min(timeouts.first_token, timeouts.total)
         try:
-            chunks = []
-            size = 0
-            for block in self._blocks(response, timeouts, provider, started, cancel):
-                size += len(block)
-                chunks.append(block)
-                if time.monotonic() > first_deadline:
-                    raise _trickle_timeout(timeouts, provider)
-            data = b"".join(chunks)
+            return self._read_json(exchange, reader, provider, _host(url), headers)
         finally:
-            _release(response, cancel)
-        try:
-            return json.loads(data)
-        except (ValueError, RecursionError) as exc:  # RecursionError: absurd nesting
-            secrets = Secrets()
-            secrets.add_headers(headers)
-            raise UpstreamProtocolError(
-                f"response is not JSON ({len(data)} bytes)",
-                provider=provider,
-                body=_excerpt(data, secrets),
-            ) from exc
+            self._finish(response, exchange, reader)
 
     def stream_sse(
         self,
@@ -311,133 +592,103 @@ class Transport:
     ) -> Generator[bytes, None, None]:
         """POST ``payload`` and yield each SSE event's data until ``[DONE]``.
 
-        Closing the iterator early closes the HTTP response (and its connection)
-        at once; a stream read to its end returns its connection to the pool.
+        Raises :class:`UpstreamProtocolError` (retryable) for an answer that is
+        not ``text/event-stream`` or ends before its first event, and
+        :class:`~provhub.JSONAnswerError` (carrying the decoded body) for a JSON
+        answer. Closing the iterator early closes the HTTP response (and its
+        connection) at once; a stream read to its end returns its connection to
+        the pool.
         """
-        started = time.monotonic()
-        response = self._send(
-            url, payload, headers, timeouts, provider, verify=verify, cancel=cancel
+        response, exchange, reader = self._open(
+            url, payload, headers, timeouts, provider, verify, cancel, stream=True
         )
-        # The socket timeouts bound the wait for each read; this bounds the wait
-        # for the first event when an upstream trickles bytes (each read within
-        # the idle budget) without completing one.
-        first_deadline = started + min(timeouts.first_token, timeouts.total)
-        waiting = True
+        host = _host(url)
+        done = False
         try:
-            decoder = SSEDecoder(self.limits.max_line_bytes)
-            done = False
+            mime = (response.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+            if mime != "text/event-stream":
+                self._not_a_stream(mime, response, exchange, reader, provider, host, headers)
+            limits = self.limits
+            decoder = SSEDecoder(limits.max_line_bytes, limits.max_event_bytes)
+            feed = decoder.feed
+            read = reader.read
+            seen = False
             try:
-                for block in self._blocks(response, timeouts, provider, started, cancel):
-                    if done:
-                        continue  # drain to the end so the connection is reusable
-                    events = decoder.feed(block)
-                    if waiting:
-                        if events:
-                            waiting = False
-                        elif time.monotonic() > first_deadline:
-                            raise _trickle_timeout(timeouts, provider)
-                    for data in events:
+                while True:
+                    block = read()
+                    if not block:
+                        break
+                    events = feed(block)
+                    if events:
+                        if not seen:
+                            # The answer has started: from now on the idle and
+                            # total budgets apply, no longer first-token.
+                            seen = True
+                            exchange.waiting = False
+                        for data in events:
+                            if data == b"[DONE]":
+                                done = True
+                                break
+                            yield data
+                        if done:
+                            break
+                if not done:
+                    rest = decoder.close()
+                    for data in rest:
                         if data == b"[DONE]":
                             done = True
                             break
                         yield data
-                if not done:
-                    for data in decoder.close():
-                        if data != b"[DONE]":
-                            yield data
+                    if not seen and not rest:
+                        raise UpstreamProtocolError(
+                            "the event stream ended before its first event",
+                            provider=provider,
+                            retryable=True,
+                            host=host,
+                        )
             except SSEDecodeError as exc:
                 raise UpstreamProtocolError(
-                    f"invalid event stream: {exc}", provider=provider
+                    f"invalid event stream: {exc}", provider=provider, host=host
                 ) from exc
+            except _READ_ERRORS as exc:
+                raise _read_error(exc, provider, host, url) from _original(exc)
+            except UpstreamProtocolError as exc:
+                raise _read_error(exc, provider, host) from None
         finally:
-            _release(response, cancel)
+            if done:
+                # The answer is whole; a body that does not end within a small bound
+                # costs the connection, never the answer.
+                reader.drain(_DRAIN_SECONDS, _DRAIN_BYTES)
+            self._finish(response, exchange, reader)
 
-    def _blocks(
+    def _not_a_stream(
         self,
+        mime: str,
         response: requests.Response,
-        timeouts: Timeouts,
+        exchange: Exchange,
+        reader: Body,
         provider: str,
-        started: float,
-        cancel: CancelToken | None = None,
-    ) -> Iterator[bytes]:
-        """Network reads of the body, enforcing idle and total timeouts and size."""
-        raw = response.raw
-        monotonic = time.monotonic
-        deadline = started + timeouts.total
-        sock = _socket_of(response)
-        if sock is not None:
-            # Until the first block arrives the first-token budget applies; after
-            # it, the idle budget between blocks (both capped by the deadline).
-            first_deadline = min(deadline, started + timeouts.first_token)
-            sock.settimeout(max(0.001, first_deadline - monotonic()))
-        idle = timeouts.idle
-        switched = False
-        limit = self.limits.max_response_bytes
-        received = 0
-        reads: Iterator[bytes] = (
-            raw.stream(None, decode_content=True)
-            if raw.chunked
-            else iter(lambda: raw.read1(65536), b"")
-        )
-        try:
-            for block in reads:
-                received += len(block)
-                if received > limit:
-                    raise UpstreamProtocolError(
-                        f"response exceeds limits.max_response_bytes ({limit})", provider=provider
-                    )
-                remaining = deadline - monotonic()
-                if remaining <= 0:
-                    raise UpstreamTimeoutError(
-                        f"total timeout of {explain.seconds(timeouts.total)} exceeded",
-                        provider=provider,
-                        retryable=True,
-                    )
-                if sock is not None and getattr(raw, "_connection", sock) is None:
-                    # The read that completed the body handed the connection back
-                    # to the pool (urllib3 does it inside that read). From now on
-                    # the socket is another request's, or closed if the pool was
-                    # full: never touch it again, and let no cancel shut it down.
-                    if cancel is not None:
-                        cancel.detach(sock)
-                    sock = None
-                if sock is not None and (not switched or remaining < idle):
-                    sock.settimeout(min(idle, remaining))
-                    switched = True
-                yield block
-        except ProviderError:
-            raise
-        except Exception as exc:
-            if cancel is not None and cancel.cancelled:
-                raise UpstreamConnectionError("call cancelled", provider=provider) from exc
-            if isinstance(exc, TimeoutError | urllib3.exceptions.TimeoutError) or (
-                isinstance(exc, requests.ConnectionError) and "timed out" in str(exc)
-            ):
-                if deadline - monotonic() <= 0.01:
-                    # The socket timeout was cut to what was left of the total
-                    # budget: a slow drip hit the deadline, the upstream never
-                    # went silent.
-                    raise UpstreamTimeoutError(
-                        f"total timeout of {explain.seconds(timeouts.total)} exceeded",
-                        provider=provider,
-                        retryable=True,
-                    ) from exc
-                phase = "idle" if switched else "first-token"
-                raise UpstreamTimeoutError(
-                    explain.silent(phase, idle if switched else timeouts.first_token),
-                    provider=provider,
-                    retryable=True,
-                ) from exc
-            raise UpstreamConnectionError(
-                explain.broken_read(exc, response.url),
+        host: str | None,
+        headers: Mapping[str, str],
+    ) -> None:
+        """Raise for a 2xx stream answer that is not an event stream."""
+        status = response.status_code
+        if mime == "application/json" or mime.endswith("+json"):
+            answer = self._read_json(exchange, reader, provider, host, headers)
+            raise JSONAnswerError(
+                f"a stream request was answered with a JSON body (HTTP {status} {mime}), "
+                "not an event stream",
+                answer=answer,
                 provider=provider,
-                retryable=True,
-            ) from exc
-        finally:
-            if (
-                sock is not None
-                and cancel is not None
-                and getattr(raw, "_connection", sock) is None
-            ):
-                # Released to the pool after the last block: see above.
-                cancel.detach(sock)
+                host=host,
+            )
+        secrets = Secrets()
+        secrets.add_headers(headers)
+        raw = self._error_body(exchange, reader)
+        raise UpstreamProtocolError(
+            f"expected an event stream, got {mime or 'no Content-Type'} (HTTP {status})",
+            provider=provider,
+            retryable=True,
+            body=_excerpt(raw, secrets),
+            host=host,
+        )

@@ -14,6 +14,7 @@ from provhub import (
     AbstractProvider,
     Capability,
     CreateResult,
+    JSONAnswerError,
     Messages,
     parse_chat_completion,
     parse_chat_stream,
@@ -125,6 +126,11 @@ class OpenAICompatible(AbstractProvider):
                 events = call.stream_sse(url, payload, headers=headers, provider=self.name)
                 try:
                     yield from parse_chat_stream(events, self.name, markers=call.markers)
+                except JSONAnswerError as exc:
+                    # A server that ignored "stream": true sent the whole completion
+                    # (or a 200 {"error": ...}) as JSON: it is the answer, parsed as
+                    # such. Raised before any event, so nothing was yielded yet.
+                    yield from parse_chat_completion(exc.answer, self.name, markers=call.markers)
                 finally:
                     events.close()
             else:

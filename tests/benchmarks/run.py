@@ -33,6 +33,7 @@ from .server import REPO, STREAM_CHUNKS, Upstreams
 from .toolcalls import assembler_workload, toolcall_stream_workload
 from .workloads import (
     Settings,
+    astream_burst_workload,
     astream_workload,
     routing_workload,
     sequential_workload,
@@ -95,6 +96,7 @@ def _settings(args: argparse.Namespace) -> tuple[Settings, dict[str, int]]:
             sequential_rounds=2 * base,
             sequential_requests=50,
             thread_requests=10,
+            burst=200,
             route_seconds=0.05,
         )
         other = {"import": base, "rss": 1, "discovery": 2}
@@ -119,200 +121,242 @@ def _fmt(value: float, unit: str = "") -> str:
 
 def _targets(r: dict[str, Any]) -> list[Target]:
     rows: list[Target] = []
-    imp = r["import"]["ms"]
-    ratio = r["import"]["ratio"]
-    rows.append(
-        Target(
-            "(a) import provhub",
-            _fmt(imp["provhub"], "ms"),
-            _fmt(imp["requests"], "ms") + " (import requests)",
-            f"{ratio['provhub']:.2f}x",
-            "<= 1.3x",
-            ratio["provhub"] <= 1.3,
-        )
-    )
-    rows.append(
-        Target(
-            "(a) import provhub; Hub()",
-            _fmt(imp["provhub_hub"], "ms"),
-            _fmt(imp["requests_session"], "ms") + " (requests.Session())",
-            f"{ratio['provhub_hub']:.2f}x",
-            "<= 1.3x",
-            ratio["provhub_hub"] <= 1.3,
-        )
-    )
-    seq = r["sequential"]
-    us = seq["us_per_request"]
-    for key, label in (("off", "events off"), ("on", "JSON events on")):
-        added = seq[f"added_us_events_{key}"]
+    if "import" in r:
+        imp = r["import"]["ms"]
+        ratio = r["import"]["ratio"]
         rows.append(
             Target(
-                f"(b) added per request, {label}",
-                f"{added:+.0f} us (median {_fmt(us[f'hub_events_{key}'], 'us')})",
-                _fmt(us["raw"], "us"),
-                f"{seq['ratio_to_raw'][f'hub_events_{key}']:.2f}x",
-                "<= +50 us",
-                added <= 50,
-            )
-        )
-    rows.append(
-        Target(
-            "(b) of which JSON events (on - off)",
-            f"{seq['events_cost_us']:+.0f} us",
-            "-",
-            "-",
-            "-",
-            None,
-        )
-    )
-    machinery = seq["hub_without_io_us"]
-    rows.append(
-        Target(
-            "(b) hub work per request, provider without I/O",
-            f"{machinery['events_off']:.1f} us off / {machinery['events_on']:.1f} us on",
-            "-",
-            "-",
-            "-",
-            None,
-        )
-    )
-    rows.append(
-        Target(
-            "(b) raw client with trust_env off",
-            _fmt(us["raw_trust_env_off"], "us"),
-            _fmt(us["raw"], "us"),
-            f"{seq['ratio_to_raw']['raw_trust_env_off']:.2f}x",
-            "-",
-            None,
-        )
-    )
-    st = r["stream"]
-    for key, label in (
-        ("hub_events_off", "Hub, events off"),
-        ("hub_events_on", "Hub, JSON events on"),
-        ("openai_compatible_direct", "OpenAICompatible direct"),
-        ("lockchat_direct", "Lockchat direct"),
-    ):
-        rows.append(
-            Target(
-                f"(c) stream chunks/s, {label}",
-                _fmt(st["chunks_per_s"][key]),
-                _fmt(st["chunks_per_s"]["raw"]),
-                f"{st['ratio_to_raw'][key]:.2f}x",
-                ">= 0.91x",
-                st["ratio_to_raw"][key] >= 0.91,
-            )
-        )
-    direct = st["chunks_per_s"]["openai_compatible_direct"]
-    on_vs_direct = st["hub_events_on_to_direct"]
-    rows.append(
-        Target(
-            "(c) Hub + JSON events vs the same provider direct",
-            _fmt(st["chunks_per_s"]["hub_events_on"]),
-            _fmt(direct) + " (direct)",
-            f"{on_vs_direct:.2f}x",
-            ">= 0.91x",
-            on_vs_direct >= 0.91,
-        )
-    )
-    rows.append(
-        Target(
-            "(c) time to first token, Hub",
-            _fmt(st["ttft_us"]["hub_events_off"], "us"),
-            _fmt(st["ttft_us"]["raw"], "us"),
-            f"{st['ttft_ratio_to_raw']['hub_events_off']:.2f}x",
-            "-",
-            None,
-        )
-    )
-    th = r["threads"]
-    for key, label in (("hub_events_off", "events off"), ("hub_events_on", "JSON events on")):
-        rows.append(
-            Target(
-                f"(d) 16 threads req/s, {label}",
-                _fmt(th["req_per_s"][key]),
-                _fmt(th["req_per_s"]["raw"]),
-                f"{th['ratio_to_raw'][key]:.2f}x",
-                ">= 0.9x",
-                th["ratio_to_raw"][key] >= 0.9,
-            )
-        )
-    rss = r["rss"]
-    for key, label in (("hub", "events off"), ("hub_events_on", "JSON events on")):
-        rows.append(
-            Target(
-                f"(e) peak RSS, {label}",
-                _fmt(rss["max_rss_mib"][key], "MiB"),
-                _fmt(rss["max_rss_mib"]["raw"], "MiB"),
-                f"{rss['ratio'][key]:.2f}x",
+                "(a) import provhub",
+                _fmt(imp["provhub"], "ms"),
+                _fmt(imp["requests"], "ms") + " (import requests)",
+                f"{ratio['provhub']:.2f}x",
                 "<= 1.3x",
-                rss["ratio"][key] <= 1.3,
+                ratio["provhub"] <= 1.3,
             )
         )
-    for row in r["routing"]["rows"]:
         rows.append(
             Target(
-                f"(f) route, {row['providers']:,} providers (5 serve the model)",
-                _fmt(row["route_us"], "us"),
-                "-",
-                "-",
-                "<= 50 us" if row["providers"] == 10_000 else "-",
-                row["route_us"] <= 50 if row["providers"] == 10_000 else None,
+                "(a) import provhub; Hub()",
+                _fmt(imp["provhub_hub"], "ms"),
+                _fmt(imp["requests_session"], "ms") + " (requests.Session())",
+                f"{ratio['provhub_hub']:.2f}x",
+                "<= 1.3x",
+                ratio["provhub_hub"] <= 1.3,
             )
         )
-    worst = r["routing"]["rows"][-1]
-    rows.append(
-        Target(
-            f"(f) route, all {worst['providers']:,} serve the model",
-            _fmt(worst["worst_route_us"], "us"),
-            "-",
-            "-",
-            "-",
-            None,
-        )
-    )
-    for row in r["discovery"]["rows"]:
-        n = row["generated_plugins"]
-        rows.append(
-            Target(
-                f"(g) discovery, {n} plugin dists + shipped",
-                _fmt(row["discovery_ms"], "ms"),
-                "-",
-                "-",
-                "<= 30 ms" if n == 50 else "-",
-                row["discovery_ms"] <= 30 if n == 50 else None,
+    if "sequential" in r:
+        seq = r["sequential"]
+        us = seq["us_per_request"]
+        for key, label in (("off", "events off"), ("on", "JSON events on")):
+            added = seq[f"added_us_events_{key}"]
+            rows.append(
+                Target(
+                    f"(b) added per request, {label}",
+                    f"{added:+.0f} us (median {_fmt(us[f'hub_events_{key}'], 'us')})",
+                    _fmt(us["raw"], "us"),
+                    f"{seq['ratio_to_raw'][f'hub_events_{key}']:.2f}x",
+                    "<= +50 us",
+                    added <= 50,
+                )
             )
-        )
-    aio = r["astream"]
-    for key, label in (("astream_events_off", "events off"), ("astream_events_on", "events on")):
-        lag = aio["loop_lag"][key]
         rows.append(
             Target(
-                f"(h) astream chunks/s, {label}",
-                _fmt(aio["chunks_per_s"][key])
-                + f" (loop lag p99 {lag['p99_ms']:.2f} / max {lag['max_ms']:.1f} ms)",
-                _fmt(aio["chunks_per_s"]["raw"]),
-                f"{aio['ratio_to_raw'][key]:.2f}x",
-                "-",
-                None,
-            )
-        )
-    for key, label in (
-        ("paced_astream", "astream at 500 tokens/s"),
-        ("paced_sync_stream_in_coroutine", "sync stream inside a coroutine"),
-        ("idle_loop", "idle loop (probe floor)"),
-    ):
-        lag = aio["loop_lag"][key]
-        rows.append(
-            Target(
-                f"(h) loop lag, {label}",
-                f"p50 {lag['p50_ms']:.2f} / p99 {lag['p99_ms']:.2f} / max {lag['max_ms']:.1f} ms",
+                "(b) of which JSON events (on - off)",
+                f"{seq['events_cost_us']:+.0f} us",
                 "-",
                 "-",
                 "-",
                 None,
             )
         )
+        machinery = seq["hub_without_io_us"]
+        rows.append(
+            Target(
+                "(b) hub work per request, provider without I/O",
+                f"{machinery['events_off']:.1f} us off / {machinery['events_on']:.1f} us on",
+                "-",
+                "-",
+                "-",
+                None,
+            )
+        )
+        rows.append(
+            Target(
+                "(b) raw client with trust_env off",
+                _fmt(us["raw_trust_env_off"], "us"),
+                _fmt(us["raw"], "us"),
+                f"{seq['ratio_to_raw']['raw_trust_env_off']:.2f}x",
+                "-",
+                None,
+            )
+        )
+    if "stream" in r:
+        st = r["stream"]
+        for key, label in (
+            ("hub_events_off", "Hub, events off"),
+            ("hub_events_on", "Hub, JSON events on"),
+            ("openai_compatible_direct", "OpenAICompatible direct"),
+            ("lockchat_direct", "Lockchat direct"),
+        ):
+            rows.append(
+                Target(
+                    f"(c) stream chunks/s, {label}",
+                    _fmt(st["chunks_per_s"][key]),
+                    _fmt(st["chunks_per_s"]["raw"]),
+                    f"{st['ratio_to_raw'][key]:.2f}x",
+                    ">= 0.91x",
+                    st["ratio_to_raw"][key] >= 0.91,
+                )
+            )
+        direct = st["chunks_per_s"]["openai_compatible_direct"]
+        on_vs_direct = st["hub_events_on_to_direct"]
+        rows.append(
+            Target(
+                "(c) Hub + JSON events vs the same provider direct",
+                _fmt(st["chunks_per_s"]["hub_events_on"]),
+                _fmt(direct) + " (direct)",
+                f"{on_vs_direct:.2f}x",
+                ">= 0.91x",
+                on_vs_direct >= 0.91,
+            )
+        )
+        rows.append(
+            Target(
+                "(c) time to first token, Hub",
+                _fmt(st["ttft_us"]["hub_events_off"], "us"),
+                _fmt(st["ttft_us"]["raw"], "us"),
+                f"{st['ttft_ratio_to_raw']['hub_events_off']:.2f}x",
+                "-",
+                None,
+            )
+        )
+    if "threads" in r:
+        th = r["threads"]
+        for key, label in (("hub_events_off", "events off"), ("hub_events_on", "JSON events on")):
+            rows.append(
+                Target(
+                    f"(d) 16 threads req/s, {label}",
+                    _fmt(th["req_per_s"][key]),
+                    _fmt(th["req_per_s"]["raw"]),
+                    f"{th['ratio_to_raw'][key]:.2f}x",
+                    ">= 0.9x",
+                    th["ratio_to_raw"][key] >= 0.9,
+                )
+            )
+    if "rss" in r:
+        rss = r["rss"]
+        for key, label in (("hub", "events off"), ("hub_events_on", "JSON events on")):
+            rows.append(
+                Target(
+                    f"(e) peak RSS, {label}",
+                    _fmt(rss["max_rss_mib"][key], "MiB"),
+                    _fmt(rss["max_rss_mib"]["raw"], "MiB"),
+                    f"{rss['ratio'][key]:.2f}x",
+                    "<= 1.3x",
+                    rss["ratio"][key] <= 1.3,
+                )
+            )
+    if "routing" in r:
+        for row in r["routing"]["rows"]:
+            rows.append(
+                Target(
+                    f"(f) route, {row['providers']:,} providers (5 serve the model)",
+                    _fmt(row["route_us"], "us"),
+                    "-",
+                    "-",
+                    "<= 50 us" if row["providers"] == 10_000 else "-",
+                    row["route_us"] <= 50 if row["providers"] == 10_000 else None,
+                )
+            )
+        worst = r["routing"]["rows"][-1]
+        rows.append(
+            Target(
+                f"(f) route, all {worst['providers']:,} serve the model",
+                _fmt(worst["worst_route_us"], "us"),
+                "-",
+                "-",
+                "-",
+                None,
+            )
+        )
+    if "discovery" in r:
+        for row in r["discovery"]["rows"]:
+            n = row["generated_plugins"]
+            rows.append(
+                Target(
+                    f"(g) discovery, {n} plugin dists + shipped",
+                    _fmt(row["discovery_ms"], "ms"),
+                    "-",
+                    "-",
+                    "<= 30 ms" if n == 50 else "-",
+                    row["discovery_ms"] <= 30 if n == 50 else None,
+                )
+            )
+    if "astream" in r:
+        aio = r["astream"]
+        for key, label in (
+            ("astream_events_off", "events off"),
+            ("astream_events_on", "events on"),
+        ):
+            lag = aio["loop_lag"][key]
+            rows.append(
+                Target(
+                    f"(h) astream chunks/s, {label}",
+                    _fmt(aio["chunks_per_s"][key])
+                    + f" (loop lag p99 {lag['p99_ms']:.2f} / max {lag['max_ms']:.1f} ms)",
+                    _fmt(aio["chunks_per_s"]["raw"]),
+                    f"{aio['ratio_to_raw'][key]:.2f}x",
+                    "-",
+                    None,
+                )
+            )
+        for key, label in (
+            ("astream_events_off", "events off"),
+            ("astream_events_on", "events on"),
+        ):
+            rows.append(
+                Target(
+                    f"(h) astream chunks/s vs the sync Hub stream, {label}",
+                    _fmt(aio["chunks_per_s"][key]),
+                    _fmt(aio["chunks_per_s"]["hub_sync"]) + " (hub.stream)",
+                    f"{aio['ratio_to_sync_hub'][key]:.2f}x",
+                    ">= 0.8x",
+                    aio["ratio_to_sync_hub"][key] >= 0.8,
+                )
+            )
+        for key, label in (
+            ("paced_astream", "astream at 500 tokens/s"),
+            ("paced_sync_stream_in_coroutine", "sync stream inside a coroutine"),
+            ("idle_loop", "idle loop (probe floor)"),
+        ):
+            lag = aio["loop_lag"][key]
+            rows.append(
+                Target(
+                    f"(h) loop lag, {label}",
+                    f"p50 {lag['p50_ms']:.2f} / p99 {lag['p99_ms']:.2f} / "
+                    f"max {lag['max_ms']:.1f} ms",
+                    "-",
+                    "-",
+                    "-",
+                    None,
+                )
+            )
+    burst = r.get("astream_burst")
+    if burst is not None:
+        for key, label in (("at_once", "started at once"), ("apart_5ms", "started 5 ms apart")):
+            lag = burst["loop_lag"][key]
+            ok = lag["p99_ms"] < 20 and lag["max_ms"] < 100
+            rows.append(
+                Target(
+                    f"(j) {burst['streams']} astreams {label}: loop lag",
+                    f"p99 {lag['p99_ms']:.2f} / max {lag['max_ms']:.1f} ms "
+                    f"(all complete in {burst['seconds'][key]:.2f} s)",
+                    "-",
+                    "-",
+                    "p99 < 20, max < 100 ms",
+                    ok,
+                )
+            )
     rows.extend(_toolcall_targets(r))
     return rows
 
@@ -320,7 +364,7 @@ def _targets(r: dict[str, Any]) -> list[Target]:
 def _toolcall_targets(r: dict[str, Any]) -> list[Target]:
     """(i) tool-call assembly: per-fragment cost at each size, and its growth."""
     rows: list[Target] = []
-    if "toolcall_assembler" not in r:
+    if "toolcall_assembler" not in r or "toolcall_stream" not in r:
         return rows  # a results file from before these workloads
     assembler = r["toolcall_assembler"]
     labels = {
@@ -406,6 +450,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--profile", action="store_true", help="pyinstrument profiles too")
     parser.add_argument("--no-plots", action="store_true", help="skip rendering PNGs")
     parser.add_argument("--strict", action="store_true", help="exit 1 if a target is missed")
+    parser.add_argument(
+        "--only",
+        default="",
+        help="comma-separated workloads to run (e.g. sequential,stream,threads,astream)",
+    )
     parser.add_argument("--output", type=Path, default=RESULTS / "latest.json")
     parser.add_argument(
         "--report-only",
@@ -459,10 +508,14 @@ def main(argv: list[str] | None = None) -> int:
                     upstreams.stream_url, STREAM_CHUNKS, upstreams.paced_url, events, settings
                 ),
             ),
+            ("astream_burst", lambda: astream_burst_workload(upstreams.burst_url, settings)),
             ("toolcall_assembler", lambda: assembler_workload(settings)),
             ("toolcall_stream", lambda: toolcall_stream_workload(upstreams.tool_urls, settings)),
         ]
+        only = {name for name in args.only.split(",") if name}
         for name, run in work:
+            if only and name not in only:
+                continue
             started = _step(name)
             results[name] = run()
             timings[name] = time.perf_counter() - started

@@ -15,12 +15,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from types import TracebackType
 
-__all__ = ["PACED_CHUNKS", "PACED_DELAY", "STREAM_CHUNKS", "Upstreams"]
+__all__ = ["BURST_CHUNKS", "PACED_CHUNKS", "PACED_DELAY", "STREAM_CHUNKS", "Upstreams"]
 
 STREAM_CHUNKS = 20_000
 # A stream at a model's pace (500 tokens/s) for the event-loop lag of a realistic answer.
 PACED_CHUNKS = 250
 PACED_DELAY = 0.002
+# Short streams at a model's pace, for hundreds of astreams started at once.
+BURST_CHUNKS = 20
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -31,13 +33,15 @@ class Upstreams:
     ``short_url`` answers with the default three-token answer (sequential and threaded
     requests); ``stream_url`` answers with ``STREAM_CHUNKS`` distinct tokens, one SSE
     event per HTTP chunk, as real servers flush them, all at once; ``paced_url`` sends
-    ``PACED_CHUNKS`` tokens ``PACED_DELAY`` seconds apart; ``tool_urls`` answer with two
-    parallel tool calls streamed as 1,000, 10,000 and 100,000 fragments.
+    ``PACED_CHUNKS`` tokens ``PACED_DELAY`` seconds apart; ``burst_url`` sends
+    ``BURST_CHUNKS`` tokens ``PACED_DELAY`` seconds apart (keep-alive); ``tool_urls``
+    answer with two parallel tool calls streamed as 1,000, 10,000 and 100,000 fragments.
     """
 
     short_url: str = ""
     stream_url: str = ""
     paced_url: str = ""
+    burst_url: str = ""
     tool_urls: dict[int, str] = field(default_factory=dict)
     stream_chunks: int = STREAM_CHUNKS
     _process: subprocess.Popen[str] | None = None
@@ -58,6 +62,7 @@ class Upstreams:
         self.short_url = urls["short"]
         self.stream_url = urls["stream"]
         self.paced_url = urls["paced"]
+        self.burst_url = urls["burst"]
         self.tool_urls = {int(size): url for size, url in urls["tools"].items()}
         return self
 
@@ -95,6 +100,11 @@ def _serve(chunks: int) -> None:
                 record=False, default=Behaviour(chunks=PACED_CHUNKS, chunk_delay=PACED_DELAY)
             )
         )
+        burst = stack.enter_context(
+            FakeUpstream(
+                record=False, default=Behaviour(chunks=BURST_CHUNKS, chunk_delay=PACED_DELAY)
+            )
+        )
         tools = {
             size: stack.enter_context(
                 FakeUpstream(
@@ -110,6 +120,7 @@ def _serve(chunks: int) -> None:
             "short": short.base_url,
             "stream": stream.base_url,
             "paced": paced.base_url,
+            "burst": burst.base_url,
             "tools": tools,
         }
         print(json.dumps(urls), flush=True)

@@ -27,6 +27,7 @@ from .events import Events
 
 __all__ = [
     "Settings",
+    "astream_burst_workload",
     "astream_workload",
     "interleave",
     "routing_workload",
@@ -47,6 +48,7 @@ class Settings:
     sequential_requests: int
     thread_requests: int
     threads: int = 16
+    burst: int = 500
     route_seconds: float = 0.2
     provider_counts: tuple[int, ...] = (10, 100, 1_000, 10_000)
 
@@ -552,6 +554,10 @@ def astream_workload(
         "chunks_per_s": rates,
         "ttft_us": {name: median(r[1] for r in values) for name, values in results.items()},
         "ratio_to_raw": {name: paired_ratio(per_round, name) for name in per_round},
+        "ratio_to_sync_hub": {
+            name: paired_ratio(per_round, name, "hub_sync")
+            for name in ("astream_events_off", "astream_events_on")
+        },
         "loop_lag": {name: _lag_summary(lags) for name, lags in all_lags.items()}
         | {
             "idle_loop": _lag_summary(idle_lags),
@@ -559,4 +565,70 @@ def astream_workload(
             "paced_sync_stream_in_coroutine": _lag_summary(blocking_lags),
         },
         "lag_probe_interval_ms": interval * 1e3,
+    }
+
+
+# -- (j) hundreds of astreams -----------------------------------------------------------------
+
+
+def astream_burst_workload(burst_url: str, settings: Settings) -> dict[str, Any]:
+    """Event-loop lag while ``settings.burst`` astreams start and run at once.
+
+    Against one keep-alive upstream in the server process (20 tokens, 2 ms apart,
+    per request): every stream must deliver its whole answer. Two patterns per
+    round: all started in one go (``asyncio.gather``), and started 5 ms apart.
+    The probe is the 1 ms ticker of the astream workload, running from the first
+    start to the last token; the idle-loop probe of the same run is the floor.
+    """
+    from .server import BURST_CHUNKS
+
+    hub = _hub(burst_url)
+    expected = "".join(f"w{i} " for i in range(BURST_CHUNKS))
+    count = settings.burst
+    interval = 0.001
+
+    async def one() -> str:
+        async with hub.astream(MODEL, MESSAGES) as stream:
+            return "".join([token async for token in stream])
+
+    async def burst(apart: float) -> tuple[list[float], float]:
+        lags: list[float] = []
+        stop = asyncio.Event()
+        probe = asyncio.create_task(_ticker(interval, lags, stop))
+        await asyncio.sleep(0)
+        started = time.perf_counter()
+        if apart:
+            tasks = []
+            for _ in range(count):
+                tasks.append(asyncio.create_task(one()))
+                await asyncio.sleep(apart)
+            results = await asyncio.gather(*tasks)
+        else:
+            results = await asyncio.gather(*(one() for _ in range(count)))
+        elapsed = time.perf_counter() - started
+        stop.set()
+        await probe
+        if results != [expected] * count:
+            wrong = sum(r != expected for r in results)
+            raise RuntimeError(f"{wrong} of {count} astreams delivered a wrong answer")
+        return lags, elapsed
+
+    asyncio.run(one())  # warm-up: imports, the first connection, the first worker
+    samples: dict[str, list[float]] = {"at_once": [], "apart_5ms": []}
+    seconds: dict[str, list[float]] = {"at_once": [], "apart_5ms": []}
+    for _ in range(max(2, settings.rounds // 3)):
+        for name, apart in (("at_once", 0.0), ("apart_5ms", 0.005)):
+            gc.collect()
+            lags, elapsed = asyncio.run(burst(apart))
+            samples[name] += lags
+            seconds[name].append(elapsed)
+    health = hub.health()["bench"]
+    hub.close()
+    return {
+        "streams": count,
+        "chunks_per_stream": BURST_CHUNKS,
+        "rounds": len(seconds["at_once"]),
+        "loop_lag": {name: _lag_summary(lags) for name, lags in samples.items()},
+        "seconds": {name: median(values) for name, values in seconds.items()},
+        "breaker_failures": health["consecutive_failures"],
     }
