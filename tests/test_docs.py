@@ -42,6 +42,7 @@ GUIDES = (
     "testing.md",
     "configuration.md",
     "errors.md",
+    "telemetry.md",
 )
 
 
@@ -229,6 +230,7 @@ def _default(field: dataclasses.Field[Any]) -> str | None:
         (provhub.RouterConfig, "## `[router]`", set()),
         (provhub.Timeouts, "## `[router.timeouts]`", set()),
         (provhub.Limits, "## `[limits]`", set()),
+        (provhub.TelemetryConfig, "## `[telemetry]`", set()),
         (provhub.ProviderConfig, "## `[providers.NAME]`", {"name", "extra"}),
         # The group's default strategy is written "ordered" in the file (PRIORITY inside).
         (provhub.GroupConfig, "## `[groups.NAME]`", {"name", "strategy"}),

@@ -19,6 +19,8 @@ from typing import Any
 
 import pytest
 import structlog
+from hypothesis import given
+from hypothesis import strategies as st
 from structlog.contextvars import bound_contextvars
 
 from provhub import AllProvidersFailedError, Hub, StreamInterruptedError
@@ -328,6 +330,67 @@ def test_redact_masks_secrets_in_nested_dicts_and_drops_content() -> None:
     assert kept["prompt"] == "hello"
     assert kept["api_key"] == "***"  # log_content never un-masks secrets
     assert fields["api_key"] == "sk-1"  # a copy, the input is untouched
+
+
+def _reference_redact(fields: Mapping[str, Any], log_content: bool) -> dict[str, Any]:
+    """The redaction policy written plainly (no caches, no fast path): the oracle."""
+    secret = ("key", "authorization", "token", "secret", "password", "cookie")
+    counters = {"max_tokens", "prompt_tokens", "completion_tokens", "total_tokens"}
+    counters |= {"cached_tokens", "reasoning_tokens", "input_tokens", "output_tokens"}
+    content = {"messages", "content", "prompt", "text", "delta", "body"}
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        lowered = key.lower()
+        if lowered not in counters and any(marker in lowered for marker in secret):
+            out[key] = "***"
+        elif lowered in content and not log_content:
+            continue
+        elif isinstance(value, Mapping):
+            out[key] = _reference_redact(value, log_content)
+        else:
+            out[key] = value
+    return out
+
+
+_KEYS = st.sampled_from(
+    [
+        "provider",
+        "model",
+        "api_key",
+        "Authorization",
+        "prompt_tokens",
+        "messages",
+        "text",
+        "usage",
+        "headers",
+        "max_tokens",
+        "X-Token",
+        "chunks",
+        "body",
+        "Content",
+        "attempt",
+    ]
+) | st.text(max_size=6)
+_VALUES = st.recursive(
+    st.none()
+    | st.booleans()
+    | st.integers()
+    | st.floats()
+    | st.text(max_size=5)
+    | st.lists(st.integers(), max_size=2),
+    lambda inner: st.dictionaries(_KEYS, inner, max_size=4),
+    max_leaves=8,
+)
+
+
+@given(fields=st.dictionaries(_KEYS, _VALUES, max_size=8), log_content=st.booleans())
+def test_redaction_matches_the_policy_written_plainly(
+    fields: dict[str, Any], log_content: bool
+) -> None:
+    expected = _reference_redact(fields, log_content)
+    # Twice: the first call fills the caches, the second takes the fast path.
+    assert redact(fields, log_content=log_content) == expected
+    assert redact(fields, log_content=log_content) == expected
 
 
 # -- stream.chunk and the debug switch --------------------------------------------------------

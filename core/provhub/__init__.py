@@ -44,6 +44,7 @@ if TYPE_CHECKING:
         StateBackend,
         StateConfig,
         Strategy,
+        TelemetryConfig,
         Timeouts,
         load_config,
     )
@@ -99,6 +100,7 @@ _LAZY = {
     "RouterConfig": "provhub._config",
     "ServerConfig": "provhub._config",
     "Strategy": "provhub._config",
+    "TelemetryConfig": "provhub._config",
     "Timeouts": "provhub._config",
     "load_config": "provhub._config",
     "CallContext": "provhub._context",
@@ -213,6 +215,7 @@ __all__ = [
     "Stream",
     "StreamInterruptedError",
     "StreamItem",
+    "TelemetryConfig",
     "Timeouts",
     "ToolCall",
     "ToolCallDelta",

@@ -31,6 +31,7 @@ __all__ = [
     "StateBackend",
     "StateConfig",
     "Strategy",
+    "TelemetryConfig",
     "Timeouts",
     "find_config_file",
     "load_config",
@@ -269,6 +270,18 @@ class ServerConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class TelemetryConfig:
+    """The ``[telemetry]`` table (SPEC §16).
+
+    ``enabled``: the hub instruments itself with OpenTelemetry when it is created
+    (``provhub.telemetry.instrument(hub)`` with the global providers); needs the
+    ``otel`` extra.
+    """
+
+    enabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     """All settings of a hub.
 
@@ -283,6 +296,7 @@ class Config:
     prices: Mapping[str, Price] = field(default_factory=dict)
     state: StateConfig = StateConfig()
     server: ServerConfig = ServerConfig()
+    telemetry: TelemetryConfig = TelemetryConfig()
     log_content: bool = False
     path: str | None = None
     source: ConfigSource | None = field(default=None, compare=False)
@@ -486,11 +500,15 @@ class _Parser:
     def config(self, data: Mapping[str, Any]) -> Config:
         data = self.table(data, "<root>")
         self.unknown(
-            data, "", {"router", "providers", "limits", "log_content", "server", *_SCALE_OUT_TABLES}
+            data,
+            "",
+            {"router", "providers", "limits", "log_content", "server", "telemetry"}
+            | set(_SCALE_OUT_TABLES),
         )
         router = self.router(data.get("router", {}))
         limits = self.limits(data.get("limits", {}))
         server = self.server(data.get("server", {}))
+        telemetry = self.telemetry(data.get("telemetry", {}))
         providers: dict[str, ProviderConfig] = {}
         for name, table in self.table(data.get("providers", {}), "providers").items():
             providers[name] = self.provider(name, table)
@@ -500,6 +518,7 @@ class _Parser:
             providers=providers,
             limits=limits,
             server=server,
+            telemetry=telemetry,
             log_content=log_content,
             path=self.path,
             **self.scale_out(data),
@@ -681,6 +700,11 @@ class _Parser:
                 "secrets are not read from the config file",
             )
         return ServerConfig(**values)
+
+    def telemetry(self, data: Any) -> TelemetryConfig:
+        table = self.table(data, "telemetry")
+        self.unknown(table, "telemetry", {f.name for f in fields(TelemetryConfig)})
+        return TelemetryConfig(**{k: self.boolean(v, f"telemetry.{k}") for k, v in table.items()})
 
     def provider(self, name: str, data: Any) -> ProviderConfig:
         key = f"providers.{name}"

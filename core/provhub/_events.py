@@ -19,7 +19,7 @@ import threading
 from collections.abc import Callable, Mapping
 from typing import Any
 
-from provhub._redact import REDACTED, redact
+from provhub._redact import REDACTED, redact, redact_into
 
 __all__ = ["REDACTED", "EventEmitter", "Subscriber", "configure_logging", "redact"]
 
@@ -99,6 +99,14 @@ class EventEmitter:
             return bool(check(level)) if check is not None else True
         return _stdlib_logger.isEnabledFor(level)
 
+    @staticmethod
+    def _deliver(subscribers: tuple[Subscriber, ...], record: dict[str, Any]) -> None:
+        for callback in subscribers:
+            try:
+                callback(record)
+            except Exception:  # a host callback must not break a request
+                _stdlib_logger.exception("provhub subscriber %r raised", callback)
+
     def emit(self, level: int, event: str, fields: Mapping[str, Any]) -> None:
         """Emit ``event`` with ``fields`` (redacted) at ``level``.
 
@@ -107,22 +115,23 @@ class EventEmitter:
         """
         subscribers = self._subscribers
         structlog = _configured_structlog()
-        if not subscribers:
-            # No sink takes it: skip the redaction. The common cases are logging off
-            # altogether, and the DEBUG steps of a request under INFO logging.
-            if structlog is None:
-                if not _stdlib_logger.isEnabledFor(level):
-                    return
-            elif level < INFO and not self.enabled_for(level):
-                return
+        if structlog is None and not _stdlib_logger.isEnabledFor(level):
+            # No logger takes it. The common cases are logging off altogether, and
+            # the DEBUG steps of a request under INFO logging.
+            if subscribers:
+                # Subscribers only (an OpenTelemetry bridge, a metrics sink): the
+                # record is built in one redacting pass, with no second copy.
+                head = {**_host_context(), "event": event, "level": _LEVEL_NAMES[level]}
+                self._deliver(subscribers, redact_into(head, fields, log_content=self._log_content))
+            return
+        if not subscribers and level < INFO and not self.enabled_for(level):
+            return
         data = redact(fields, log_content=self._log_content)
         if subscribers:
-            record = {**_host_context(), "event": event, "level": _LEVEL_NAMES[level], **data}
-            for callback in subscribers:
-                try:
-                    callback(record)
-                except Exception:  # a host callback must not break a request
-                    _stdlib_logger.exception("provhub subscriber %r raised", callback)
+            self._deliver(
+                subscribers,
+                {**_host_context(), "event": event, "level": _LEVEL_NAMES[level], **data},
+            )
         if structlog is not None:
             self._structlog_logger(structlog).log(level, event, **data)
         elif _stdlib_logger.isEnabledFor(level):

@@ -48,6 +48,8 @@ from provhub._transport import Transport
 
 if TYPE_CHECKING:
     from provhub._aio import AsyncStream, Workers
+    from provhub._metrics import RequestMetrics
+    from provhub.telemetry import Instrumentation
 
 __all__ = ["Hub"]
 
@@ -146,6 +148,10 @@ class Hub:
         # register() checks each provider created from config.
         self._create_configured_providers()
         self._check_provider_tables()
+        self._metrics: RequestMetrics | None = None
+        self._telemetry: Instrumentation | None = None
+        if self.config.telemetry.enabled:
+            self._instrument()
 
     # -- registration -----------------------------------------------------
 
@@ -561,6 +567,42 @@ class Hub:
         )
 
     # -- events -----------------------------------------------------------
+
+    @property
+    def metrics(self) -> RequestMetrics:
+        """The hub's one derivation of per-request measurements (SPEC §13, §16).
+
+        Created and subscribed on first use; metric backends attach to it with
+        ``hub.metrics.add_sink(sink)`` (the gateway's ``/metrics``, the
+        OpenTelemetry metrics), so they all read the same count.
+        """
+        metrics = self._metrics
+        if metrics is None:
+            from provhub._metrics import RequestMetrics
+
+            with self._lock:
+                metrics = self._metrics
+                if metrics is None:
+                    metrics = self._metrics = RequestMetrics()
+                    self._emitter.subscribe(metrics)
+        return metrics
+
+    @property
+    def telemetry(self) -> Instrumentation | None:
+        """The OpenTelemetry instrumentation of this hub, or None (SPEC §16)."""
+        return self._telemetry
+
+    def _instrument(self) -> None:
+        from provhub.telemetry import INSTALL_HINT, available, instrument
+
+        if not available():
+            raise ConfigError(
+                f"telemetry needs the OpenTelemetry API, which is not installed: "
+                f"{INSTALL_HINT} (or set enabled = false)",
+                path=self.config.path,
+                key="telemetry.enabled",
+            )
+        instrument(self)
 
     def subscribe(self, callback: Subscriber) -> Callable[[], None]:
         """Receive every event as a dict in-process; returns an unsubscribe function."""

@@ -59,6 +59,9 @@ class RequestRecord:
     ``duration`` and ``ttft`` are seconds from the request's start (``ttft`` is
     None when no token arrived); token counts are what the upstream reported
     (None when it did not); ``error_type`` names the final failure, if any.
+    ``stream`` says whether the request was streamed (None when its
+    ``route.planned`` was not seen); ``response_model`` is the model id sent to
+    the last attempt's provider (the alias resolved), None when none ran.
     """
 
     request_id: str
@@ -71,6 +74,8 @@ class RequestRecord:
     prompt_tokens: int | None = None
     completion_tokens: int | None = None
     error_type: str | None = None
+    stream: bool | None = None
+    response_model: str | None = None
 
 
 class MetricsSink(Protocol):
@@ -98,6 +103,8 @@ class _Pending:
     provider: str | None = None
     ttft: float | None = None
     attempts: int = 0
+    stream: bool | None = None
+    upstream_model: str | None = None
 
 
 _DONE_KEPT = 4096
@@ -153,6 +160,23 @@ class RequestMetrics:
         unsubscribe: Callable[[], None] = hub.subscribe(self)
         return unsubscribe
 
+    def add_sink(self, sink: MetricsSink) -> Callable[[], None]:
+        """Send this derivation's measurements to ``sink`` too; returns its remover.
+
+        How several backends share one count (``hub.metrics``: the gateway's
+        Prometheus sink, the OpenTelemetry sink). A sink added while requests
+        are in flight gets their ``request_finished`` without their
+        ``request_started``.
+        """
+        with self._lock:
+            self._sinks = (*self._sinks, sink)
+
+        def remove() -> None:
+            with self._lock:
+                self._sinks = tuple(s for s in self._sinks if s is not sink)
+
+        return remove
+
     def __call__(self, event: Mapping[str, Any]) -> None:
         """Receive one hub event (the subscriber interface)."""
         name = event.get("event")
@@ -196,7 +220,9 @@ class RequestMetrics:
     def _planned(self, event: Mapping[str, Any]) -> None:
         request_id = event.get("request_id")
         if isinstance(request_id, str) and request_id not in self._pending:
-            self._start(request_id, str(event.get("model") or "unknown"))
+            pending = self._start(request_id, str(event.get("model") or "unknown"))
+            stream = event.get("stream")
+            pending.stream = stream if isinstance(stream, bool) else None
 
     def _attempt_started(self, event: Mapping[str, Any]) -> None:
         pending = self._get(event)
@@ -205,6 +231,8 @@ class RequestMetrics:
             provider = event.get("provider")
             if isinstance(provider, str):
                 pending.provider = provider
+            model = event.get("upstream_model")
+            pending.upstream_model = model if isinstance(model, str) else None
 
     def _first_token(self, event: Mapping[str, Any]) -> None:
         pending = self._get(event)
@@ -282,6 +310,8 @@ class RequestMetrics:
             prompt_tokens=prompt,
             completion_tokens=completion,
             error_type=error,
+            stream=pending.stream,
+            response_model=pending.upstream_model,
         )
         for sink in self._sinks:
             sink.request_finished(record)
@@ -302,6 +332,8 @@ class RequestMetrics:
                 duration=now - pending.started,
                 ttft=pending.ttft,
                 attempts=pending.attempts,
+                stream=pending.stream,
+                response_model=pending.upstream_model,
             )
             for sink in self._sinks:
                 sink.request_finished(record)

@@ -462,8 +462,8 @@ class Run:
             )
         context = deps.call_context(info, timeouts, self.request_id, self.cancel_token)
         self._attempt_no = len(self.attempts) + 1
-        self._emit(DEBUG, "attempt.started")
         model = info.aliases.get(candidate.model, candidate.model)
+        self._emit(DEBUG, "attempt.started", upstream_model=model)
         prices = deps.prices
         self._price = price_for(prices, name, model, self.model) if prices else None
         started = time.monotonic()

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from provhub._config import ServerConfig
-from provhub._metrics import LatencyWindow, RequestMetrics
+from provhub._metrics import LatencyWindow
 from provhub.gateway._auth import KeyRing
 from provhub.gateway._chat import ChatEndpoint
 from provhub.gateway._errors import GatewayError
@@ -124,7 +124,9 @@ def create_app(
     ring = keys if keys is not None else KeyRing.from_env(settings.api_keys_env)
     sink = PrometheusSink(hub)
     latency = LatencyWindow()
-    derivation = RequestMetrics(sink, latency)
+    # The hub's one derivation, shared with any other metrics backend on this hub
+    # (the OpenTelemetry sink): one count of the events, whoever reads it.
+    derivation = hub.metrics
     started = time.monotonic()
 
     def respond(route: str) -> Callable[[int], None]:
@@ -203,14 +205,15 @@ def create_app(
 
     # Subscribed now, not at start-up: an ASGI server without lifespan support
     # still gets metrics.
-    unsubscribe = derivation.attach(hub)
+    removers = [derivation.add_sink(sink), derivation.add_sink(latency)]
 
     @contextlib.asynccontextmanager
     async def lifespan(app: Any) -> AsyncIterator[None]:
         try:
             yield
         finally:
-            unsubscribe()
+            for remove in removers:
+                remove()
             if close_hub:
                 hub.close()
 
