@@ -56,7 +56,7 @@ import provhub.telemetry
 from provhub import Config, FinishReason, Hub
 from provhub_providers import OpenAICompatible
 
-from .baseline import MESSAGES
+from .baseline import MESSAGES, RawClient
 from .server import REPO, Upstreams
 from .workloads import interleave, median, paired_difference, paired_ratio
 
@@ -160,21 +160,23 @@ class States:
         self.meter_provider.shutdown()
 
 
-def _workload(hub: Hub, requests: int, rounds: int) -> dict[str, Any]:
+def _workload(hub: Hub, requests: int, rounds: int, raw: RawClient | None = None) -> dict[str, Any]:
+    """Interleaved blocks of each state (and of ``raw``, the baseline, when given).
+
+    Also a ``sdk_floor`` block: the SDK's cost for the same telemetry without provhub.
+    """
+    floor = SdkFloor(hub)
     states = States(hub)
 
     def call() -> object:
         return hub.complete(MODEL, MESSAGES)
 
     def block(state: Callable[[], None]) -> Callable[[], tuple[float, float]]:
+        timed = _timed(call, requests)
+
         def run() -> tuple[float, float]:
             state()
-            wall, cpu = time.perf_counter(), time.process_time()
-            for _ in range(requests):
-                call()
-            cpu = time.process_time() - cpu
-            wall = time.perf_counter() - wall
-            return wall / requests * 1e6, cpu / requests * 1e6
+            return timed()
 
         return run
 
@@ -183,15 +185,24 @@ def _workload(hub: Hub, requests: int, rounds: int) -> dict[str, Any]:
         state()
         for _ in range(warmup):
             call()
-    pairs = interleave(
-        {"plain": block(states.plain), "noop": block(states.noop), "sdk": block(states.sdk)},
-        rounds,
-    )
+    blocks = {"plain": block(states.plain), "noop": block(states.noop), "sdk": block(states.sdk)}
+    if raw is not None:
+        # The same requests hand-written with requests, in the same rounds: the
+        # instrumented hub's cost is then also a ratio to what a user would write.
+        def raw_call() -> object:
+            return raw.complete(MODEL, MESSAGES)
+
+        for _ in range(warmup):
+            raw_call()
+        blocks["raw"] = _timed(raw_call, requests)
+    blocks["sdk_floor"] = floor.block(states, requests)
+    pairs = interleave(blocks, rounds)
     states.close()
     out: dict[str, Any] = {
         "requests_per_block": requests,
         "spans_exported": states.spans.spans,
-        "spans_expected": 2 * (requests * rounds + warmup),
+        # The floor's spans go through the sdk state's processor too.
+        "spans_expected": 2 * (2 * requests * rounds + warmup),
         "metric_exports": states.metrics.exports,
     }
     # Wall clock is the latency a caller sees; CPU time (this process, every thread:
@@ -203,8 +214,99 @@ def _workload(hub: Hub, requests: int, rounds: int) -> dict[str, Any]:
             "rounds_us_per_request": results,
             "added_us": {n: paired_difference(results, n, "plain") for n in ("noop", "sdk")},
             "ratio": {n: paired_ratio(results, n, "plain") for n in ("noop", "sdk")},
+            # The SDK's own cost for this telemetry, and what provhub's bridge adds to it.
+            "sdk_floor_us": median(results["sdk_floor"]),
+            "bridge_us": median(
+                s - p - f
+                for s, p, f in zip(
+                    results["sdk"], results["plain"], results["sdk_floor"], strict=True
+                )
+            ),
         }
+        if "raw" in results:
+            out[clock]["ratio_to_raw"] = {
+                n: paired_ratio(results, n, "raw") for n in ("plain", "noop", "sdk")
+            }
     return out
+
+
+class SdkFloor:
+    """The SDK's own cost for one request's telemetry, without provhub.
+
+    Records, through a tracer and meter provider configured as the ``sdk``
+    state's, exactly the spans (names, kinds, parent, attributes, status) and
+    histogram points one instrumented request produced: what any bridge would
+    pay the SDK at the least. ``sdk`` minus this is provhub's own part.
+    """
+
+    def __init__(self, hub: Hub) -> None:
+        from opentelemetry.sdk.metrics.export import InMemoryMetricReader
+        from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+        from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+        captured = InMemorySpanExporter()
+        tracer_provider = TracerProvider()
+        tracer_provider.add_span_processor(SimpleSpanProcessor(captured))
+        reader = InMemoryMetricReader()
+        meter_provider = MeterProvider(metric_readers=[reader])
+        handle = provhub.telemetry.instrument(
+            hub, tracer_provider=tracer_provider, meter_provider=meter_provider
+        )
+        hub.complete(MODEL, MESSAGES)
+        handle.uninstrument()
+        spans = sorted(captured.get_finished_spans(), key=lambda span: span.parent is not None)
+        self.spans = [(s.name, s.kind, dict(s.attributes or {}), s.status) for s in spans]
+        data = reader.get_metrics_data()
+        assert data is not None
+        self.points = [
+            (metric.name, metric.unit, point.sum, dict(point.attributes))
+            for resource in data.resource_metrics
+            for scope in resource.scope_metrics
+            for metric in scope.metrics
+            for point in metric.data.data_points  # type: ignore[union-attr]
+        ]
+        tracer_provider.shutdown()
+        meter_provider.shutdown()
+
+    def block(self, states: States, requests: int) -> Callable[[], tuple[float, float]]:
+        """A timed block replaying the captured telemetry ``requests`` times."""
+        from opentelemetry import trace
+
+        tracer = states.tracer_provider.get_tracer("floor")
+        meter = states.meter_provider.get_meter("floor")
+        histograms = {
+            name: meter.create_histogram(name, unit=unit) for name, unit, _, _ in self.points
+        }
+        points = [(histograms[name], value, attrs) for name, _, value, attrs in self.points]
+        (root_name, root_kind, root_attrs, root_status), *children = self.spans
+
+        def one() -> None:
+            root = tracer.start_span(root_name, kind=root_kind, attributes=root_attrs)
+            context = trace.set_span_in_context(root)
+            for name, kind, attrs, status in children:
+                child = tracer.start_span(name, context=context, kind=kind, attributes=attrs)
+                child.set_status(status)
+                child.end()
+            root.set_status(root_status)
+            root.end()
+            for histogram, value, attrs in points:
+                histogram.record(value, attrs)
+
+        return _timed(one, requests)
+
+
+def _timed(call: Callable[[], object], requests: int) -> Callable[[], tuple[float, float]]:
+    """A block of ``requests`` calls: (wall, CPU) microseconds per request."""
+
+    def run() -> tuple[float, float]:
+        wall, cpu = time.perf_counter(), time.process_time()
+        for _ in range(requests):
+            call()
+        cpu = time.process_time() - cpu
+        wall = time.perf_counter() - wall
+        return wall / requests * 1e6, cpu / requests * 1e6
+
+    return run
 
 
 def _profile(hub: Hub, requests: int) -> str:
@@ -308,7 +410,9 @@ def main(argv: list[str] | None = None) -> int:
         hub = Hub(Config(), load_plugins=False)
         hub.register(OpenAICompatible("bench", upstreams.short_url, [MODEL]))
         assert hub.complete(MODEL, MESSAGES).text == "w0 w1 w2 "
-        report["loopback"] = _workload(hub, requests, rounds)
+        raw = RawClient(upstreams.short_url)
+        report["loopback"] = _workload(hub, requests, rounds, raw)
+        raw.close()
         hub.close()
         if args.instructions:
             report["loopback"]["instructions"] = _instructions(upstreams.short_url, 300)
@@ -321,16 +425,31 @@ def main(argv: list[str] | None = None) -> int:
         report["profile"] = _profile(machinery, requests * 10)
 
     print(f"provhub telemetry overhead, {rounds} interleaved rounds (medians of paired rounds)")
-    header = ("workload", "clock", "plain us", "noop +us", "ratio", "sdk +us", "ratio")
-    print("{:<9} {:<5} {:>9} {:>9} {:>6} {:>8} {:>6}".format(*header))
+    header = (
+        "workload",
+        "clock",
+        "plain us",
+        "noop +us",
+        "ratio",
+        "sdk +us",
+        "ratio",
+        "floor",
+        "bridge",
+    )
+    print("{:<9} {:<5} {:>9} {:>9} {:>6} {:>8} {:>6} {:>7} {:>7}".format(*header))
     for name in ("loopback", "no_io"):
         for clock in ("wall", "cpu"):
             r = report[name][clock]
             print(
                 f"{name:<9} {clock:<5} {r['us_per_request']['plain']:9.1f} "
                 f"{r['added_us']['noop']:9.1f} {r['ratio']['noop']:6.3f} "
-                f"{r['added_us']['sdk']:8.1f} {r['ratio']['sdk']:6.3f}"
+                f"{r['added_us']['sdk']:8.1f} {r['ratio']['sdk']:6.3f} "
+                f"{r['sdk_floor_us']:7.1f} {r['bridge_us']:7.1f}"
             )
+    print(
+        "floor: the SDK's own cost for the same spans and points without provhub; "
+        "bridge: sdk +us minus the floor (provhub's part)"
+    )
     if args.instructions:
         print("instructions per request (callgrind), added by each state, and as a ratio:")
         for name in ("loopback", "no_io"):
@@ -350,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
                     for n in ("noop", "sdk")
                 )
             )
+    for clock in ("wall", "cpu"):
+        r = report["loopback"][clock]
+        print(
+            f"loopback {clock}: raw requests {r['us_per_request']['raw']:.1f} us; to raw: "
+            + ", ".join(f"{n} {v:.3f}x" for n, v in r["ratio_to_raw"].items())
+        )
     for clock in ("wall", "cpu"):
         added = report["loopback"][clock]["added_us"]
         print(
