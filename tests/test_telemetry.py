@@ -29,7 +29,7 @@ from opentelemetry.sdk.trace.sampling import ALWAYS_OFF
 from opentelemetry.trace import SpanKind, StatusCode
 
 import provhub.telemetry
-from provhub import AllProvidersFailedError, Hub, StreamInterruptedError
+from provhub import AllProvidersFailedError, Config, Hub, StreamInterruptedError
 from provhub.telemetry._spans import SpanBridge
 from provhub.testing import Behaviour, FakeUpstream, Fault, unused_port_url
 from provhub_providers import OpenAICompatible
@@ -165,7 +165,11 @@ def test_retry_then_fallback_gives_one_request_span_with_a_child_per_attempt(
     assert "provhub.backoff_ms" not in second.attributes  # a fallback followed
     assert third.status.status_code is StatusCode.UNSET
     assert "error.type" not in third.attributes
-    assert dict(third.attributes) == {"gen_ai.provider.name": "b", "provhub.attempt": 3}
+    assert dict(third.attributes) == {
+        "gen_ai.provider.name": "b",
+        "provhub.attempt": 3,
+        "gen_ai.request.model": "gpt-4",
+    }
     # Usage only once per request: summing spans does not double-count tokens.
     assert not any("gen_ai.usage.input_tokens" in s.attributes for s in attempts)
     assert "provhub.provider" not in attrs  # only where the conventions' name differs
@@ -263,6 +267,40 @@ def test_alias_resolution_shows_as_the_response_model(
     assert request.name == "chat smart"
     assert request.attributes["gen_ai.request.model"] == "smart"
     assert request.attributes["gen_ai.response.model"] == "gpt-4"
+
+
+def test_a_group_falling_back_across_models_names_each_attempts_model(
+    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream, second_upstream: FakeUpstream
+) -> None:
+    hub = Hub(
+        Config.from_mapping(
+            {
+                "router": {"retries": 0},
+                "groups": {"smart": {"members": ["a/big-model", "b/small-model"]}},
+            }
+        ),
+        load_plugins=False,
+    )
+    hub.register(OpenAICompatible("a", upstream.base_url, ["big-model"]))
+    hub.register(OpenAICompatible("b", second_upstream.base_url, ["small-model"]))
+    upstream.script(Behaviour(status=503))
+    second_upstream.script(HELLO)
+    instrumented(hub, traces)
+
+    hub.complete("smart", MESSAGES)
+
+    request = traces.request()
+    assert request.name == "chat smart"
+    assert request.attributes["gen_ai.request.model"] == "smart"
+    assert request.attributes["gen_ai.response.model"] == "small-model"
+    assert request.attributes["gen_ai.provider.name"] == "b"
+    attempts = traces.attempts_of(request)
+    assert [(s.name, s.attributes["gen_ai.request.model"]) for s in attempts] == [
+        ("attempt a", "big-model"),
+        ("attempt b", "small-model"),
+    ]
+    assert [s.status.status_code for s in attempts] == [StatusCode.ERROR, StatusCode.UNSET]
+    hub.close()
 
 
 def test_well_known_provider_names_use_the_conventions_value(

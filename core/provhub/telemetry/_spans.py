@@ -237,7 +237,13 @@ class SpanBridge:
         attributes: dict[str, Any] = {"provhub.attempt": event.get("attempt") or request.attempts}
         _set_provider(attributes, provider)
         upstream_model = event.get("upstream_model")
-        request.upstream_model = upstream_model if isinstance(upstream_model, str) else None
+        if isinstance(upstream_model, str):
+            # What this attempt asked its upstream for: with aliases and groups,
+            # each attempt of one request may ask for a different model.
+            attributes[sc.REQUEST_MODEL] = upstream_model
+            request.upstream_model = upstream_model
+        else:
+            request.upstream_model = None
         request.attempt = self._tracer.start_span(
             f"attempt {provider}",
             context=trace.set_span_in_context(request.span),
