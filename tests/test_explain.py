@@ -263,6 +263,25 @@ def test_next_step_from_structured_fields(error_type: str, status: int | None, s
     assert next_step(ENDPOINT, attempt) == step
 
 
+def test_failure_line_shows_the_real_failure_before_a_skipped_retry() -> None:
+    # As the run records a candidate skipped over its limit.
+    LIMITED = "rate_limited"
+    refused = "cannot connect to h:9: connection refused (nothing listens on that port)"
+    limited = "rpm limit 1 reached (1 requests in the last minute; room in 59.8 s)"
+    attempts = [
+        Attempt(1, "a", False, "UpstreamConnectionError", None, True, refused),
+        Attempt(2, "a", False, "LimitReached", error=limited, kind=LIMITED, skipped=True),
+        Attempt(3, "b", False, "LimitReached", error=limited, kind=LIMITED, skipped=True),
+    ]
+    line = failure_line(AllProvidersFailedError("m", attempts))
+    # What went wrong with a comes first (a skip is not the cause); b was only skipped.
+    assert line.startswith(
+        f"all providers failed for model 'm'. a (1 attempt, 1 skipped): {refused}; "
+        f"then not tried again: {limited}. Next: check that the server runs"
+    )
+    assert f"b (1 skipped): {limited}. Next: over its limit" in line
+
+
 def test_failure_line_folds_retries_and_keeps_the_order_of_providers() -> None:
     attempts = [
         Attempt(1, "a", False, "UpstreamHTTPError", 500, True, "HTTP 500 from h: boom."),

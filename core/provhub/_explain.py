@@ -410,7 +410,9 @@ def failure_line(
     """One line for an :class:`AllProvidersFailedError`: per provider what failed and what next.
 
     Attempts of one provider are folded (``Lockchat (3 attempts)``); the last
-    error of each provider is shown, since it is what finally failed.
+    error of each provider is shown, since it is what finally failed, unless
+    that attempt was only skipped (over a limit, circuit open) after a real
+    failure: then the real failure is shown and the skip follows it.
     """
     from provhub._errors import ProviderError
 
@@ -428,17 +430,29 @@ def failure_line(
     sentences = [f"all providers failed for model {exc.model!r}"]
     for name in order:
         attempts = by_provider[name]
-        last = attempts[-1]
-        count = f" ({len(attempts)} attempts)" if len(attempts) > 1 else ""
+        tried = [a for a in attempts if not a.skipped]
+        count = _attempt_count(len(tried), len(attempts) - len(tried))
+        last = tried[-1] if tried and attempts[-1].skipped else attempts[-1]
         what = last.error or last.error_type or "failed"
         if last.status is not None and f"HTTP {last.status}" not in what:
             what = f"HTTP {last.status}: {what}"
-        error = last_error if name == last_provider else None
+        if last is not attempts[-1]:
+            # The real failure first; why the provider was not tried again after.
+            what = f"{_sentence(what)}; then not tried again: {attempts[-1].error or 'skipped'}"
+        error = last_error if name == last_provider and last is attempts[-1] else None
         step = next_step(endpoints.get(name), last, error)
         sentences.append(f"{name}{count}: {_sentence(what)}" + (f". Next: {step}" if step else ""))
     if not order:
         sentences.append("no attempt was made (the deadline passed or the call was cancelled)")
     return ". ".join(_sentence(s) for s in sentences)
+
+
+def _attempt_count(tried: int, skipped: int) -> str:
+    """`` (3 attempts)``, `` (1 attempt, 1 skipped)``; empty for one plain attempt."""
+    if not skipped:
+        return f" ({tried} attempts)" if tried > 1 else ""
+    plural = "s" if tried != 1 else ""
+    return f" ({tried} attempt{plural}, {skipped} skipped)" if tried else f" ({skipped} skipped)"
 
 
 def _sentence(text: str) -> str:
