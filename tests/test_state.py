@@ -9,6 +9,7 @@ store's clock is the server's, so its few timed checks use a short window.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import os
 import re
@@ -401,6 +402,107 @@ def test_redis_keys_expire_so_nothing_needs_cleaning(redis_server: RedisServer) 
     assert all(0 < client.ttl(key) <= 86400 for key in keys)
     client.close()
     store.close()
+
+
+# -- the finish a request does not wait for ----------------------------------------------------
+
+
+def _shared_pair(redis_server: RedisServer, **kw: Any) -> tuple[Any, Any]:
+    """Two stores on one key prefix: two replicas."""
+    from provhub._state_redis import RedisStateStore
+
+    # A timeout longer than the tests' CLIENT PAUSE: waiting is what they look at.
+    prefix = f"pair{os.getpid()}-{next(_prefixes)}"
+    config = StateConfig(url=redis_server.url, prefix=prefix, timeout=5.0)
+    return RedisStateStore(config, **kw), RedisStateStore(config, **kw)
+
+
+@contextlib.contextmanager
+def paused(redis_server: RedisServer, ms: int) -> Iterator[None]:
+    """Redis runs no command for ``ms`` (and never longer than the block)."""
+    client = redis_server.client()
+    client.execute_command("CLIENT", "PAUSE", ms)
+    try:
+        yield
+    finally:
+        client.execute_command("CLIENT", "UNPAUSE")
+        client.close()
+
+
+@pytest.mark.redis
+def test_a_successful_finish_is_not_waited_for_yet_every_replica_sees_it(
+    redis_server: RedisServer,
+) -> None:
+    one, two = _shared_pair(redis_server)
+    slot = limited("a", max_in_flight=1)
+    lease = admit(one, slot).lease
+    assert admit(two, slot).lease is None  # the one slot is taken
+    with paused(redis_server, 1000):
+        # While Redis runs no command at all, a success's finish returns at once...
+        started = time.monotonic()
+        assert one.finish(lease, Outcome(Verdict.SUCCESS, ttft=0.05, tokens=10)) == ()
+        assert time.monotonic() - started < 0.5
+        # ...and the next call on that store reads its reply first, then sees its effect.
+        assert one.check([slot], tokens=0).skipped == ()  # the slot is free again
+        assert time.monotonic() - started >= 0.9  # that call did wait for the pause
+    assert admit(two, slot).lease is not None  # the other replica too
+    assert not one.degraded
+    assert not two.degraded
+    one.close()
+    two.close()
+
+
+@pytest.mark.redis
+def test_a_failure_waits_for_redis_so_other_replicas_skip_the_provider_at_once(
+    redis_server: RedisServer,
+) -> None:
+    one, two = _shared_pair(redis_server, threshold=1)
+    slot = limited("a", max_in_flight=5)
+    lease = admit(one, slot).lease
+    with paused(redis_server, 600):
+        started = time.monotonic()
+        assert one.finish(lease, Outcome(Verdict.FAILURE)) == (("circuit.opened", "a"),)
+        assert time.monotonic() - started >= 0.5  # it waited for Redis' answer
+    refused = admit(two, slot)
+    assert refused.lease is None
+    assert refused.skipped[0].reason.startswith("circuit open")
+    one.close()
+    two.close()
+
+
+@pytest.mark.redis
+def test_the_end_of_a_half_open_trial_is_waited_for_and_reports_the_closed_circuit(
+    redis_server: RedisServer,
+) -> None:
+    one, two = _shared_pair(redis_server, threshold=1, cooldown=0.3)
+    slot = limited("a")
+    one.finish(admit(one, slot).lease, Outcome(Verdict.FAILURE))
+    time.sleep(0.4)  # the cooldown under test, on the server's clock
+    trial = admit(one, slot)
+    assert trial.transitions == (("circuit.half_open", "a"),)
+    assert trial.lease.trial
+    assert one.finish(trial.lease, Outcome(Verdict.SUCCESS)) == (("circuit.closed", "a"),)
+    assert admit(two, slot).transitions == ()  # closed for the other replica too
+    one.close()
+    two.close()
+
+
+@pytest.mark.redis
+def test_an_unawaited_finish_lost_to_a_flushed_script_cache_breaks_nothing(
+    redis_server: RedisServer,
+) -> None:
+    one, _ = _shared_pair(redis_server)
+    slot = limited("a", rpm=100)
+    lease = admit(one, slot).lease
+    client = redis_server.client()
+    client.script_flush()
+    # The finish's EVALSHA is answered NOSCRIPT, unread; the next call reads it,
+    # loads the script again and goes on (the lease itself expires at its ttl).
+    one.finish(lease, Outcome(Verdict.SUCCESS))
+    assert admit(one, slot).lease is not None
+    assert not one.degraded
+    client.close()
+    one.close()
 
 
 # -- the two stores agree ------------------------------------------------------------------------

@@ -102,6 +102,8 @@ class Lease:
 
     ``local`` marks a lease of the in-process store (the memory backend, or the
     Redis backend while degraded); the store finishes it where it was taken.
+    ``trial`` marks the trial request of a half-open breaker: its finish closes
+    or reopens the breaker.
     """
 
     id: str
@@ -110,6 +112,7 @@ class Lease:
     tokens: int
     local: bool
     done: bool = False
+    trial: bool = False
     # Memory store only: the log entries to refund or reconcile.
     entries: list[tuple[_Counters, list[Any] | None, list[Any] | None]] = field(
         default_factory=list, repr=False

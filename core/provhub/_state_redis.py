@@ -395,6 +395,10 @@ def _scopes_args(scopes: Sequence[Scope], out: list[str]) -> None:
         )
 
 
+# Finishes sent without waiting for the reply (see RedisStateStore.finish).
+_UNAWAITED = frozenset({Verdict.SUCCESS, Verdict.NEUTRAL, Verdict.UNUSED})
+
+
 def _finish_args(lease: Lease, outcome: Outcome, out: list[str]) -> None:
     out += (
         "1",
@@ -479,11 +483,15 @@ class RedisStateStore:
         self._script = _Script(_SCRIPT)
         self._snapshot = _Script(_SNAPSHOT)
         self._no_script: type[BaseException] = redis.exceptions.NoScriptError
+        self._response_error: type[BaseException] = redis.exceptions.ResponseError
         self._errors: tuple[type[BaseException], ...] = (redis.RedisError, OSError, ValueError)
         # Idle connections of this store. Calls go through them directly (one packed
         # command, one reply): redis-py's client-level command path costs about
         # 70 us of CPU per call, several times the round trip on loopback.
         self._idle: list[Any] = []
+        # ids of idle connections whose last command's reply is still unread (a
+        # finish sent without waiting, see finish()); read before their next use.
+        self._unread: set[int] = set()
         self._prefix = f"{config.prefix}:"
         self._cooldown = cooldown
         self._head = [self._prefix, repr(float(window)), str(threshold), repr(float(cooldown))]
@@ -500,12 +508,65 @@ class RedisStateStore:
 
     # -- one round trip, or None when Redis cannot be used -------------------
 
-    def _evaluate(self, script: _Script, args: Sequence[str]) -> Any:
-        """``EVALSHA`` on an idle connection (loading the script if Redis lost it)."""
+    def _take(self) -> Any:
+        """An idle connection (or a new one), its unread reply read and handled."""
         try:
             connection = self._idle.pop()
         except IndexError:
-            connection = self._client.connection_pool.make_connection()
+            return self._client.connection_pool.make_connection()
+        if id(connection) in self._unread:
+            self._unread.discard(id(connection))
+            try:
+                reply = connection.read_response()
+            except self._response_error:
+                # NOSCRIPT from a restarted or flushed Redis: the lease that finish
+                # released is gone with the rest of its state.
+                pass
+            except BaseException:
+                connection.disconnect()
+                raise
+            else:
+                self._late_transitions(reply)
+        return connection
+
+    def _late_transitions(self, reply: Any) -> None:
+        """Breaker transitions a deferred finish caused (rare: a half-open breaker closed)."""
+        if self._emit is None:
+            return
+        with contextlib.suppress(Exception):  # a reply we cannot read changes nothing
+            for event, provider in _parse(reply)["t"]:
+                level = INFO if event == "circuit.closed" else WARNING
+                self._emit(level, event, {"provider": provider})
+
+    def _send(self, script: _Script, args: Sequence[str]) -> bool:
+        """``EVALSHA`` without waiting for its reply; False if Redis cannot be used.
+
+        Redis runs a connection's commands in order, so the next call on this
+        connection (this thread's next request takes it first: the idle list is
+        a stack) sees the effect; its reply is read then.
+        """
+        if self._degraded_at is not None:
+            return False
+        try:
+            connection = self._take()
+            encoded = [arg.encode() for arg in args]
+            try:
+                connection.send_packed_command(
+                    [_pack(b"EVALSHA", script.sha, b"0", *encoded)], check_health=False
+                )
+            except BaseException:
+                connection.disconnect()
+                raise
+        except Exception as exc:  # whatever Redis or the client does, a request goes on
+            self._degrade(exc)
+            return False
+        self._unread.add(id(connection))
+        self._idle.append(connection)
+        return True
+
+    def _evaluate(self, script: _Script, args: Sequence[str]) -> Any:
+        """``EVALSHA`` on an idle connection (loading the script if Redis lost it)."""
+        connection = self._take()
         encoded = [arg.encode() for arg in args]
         try:
             try:
@@ -689,7 +750,8 @@ class RedisStateStore:
         if chosen >= 0:
             index = sent[chosen]
             slot = slots[index]
-            admitted = Lease(lease, slot.name, slot.scopes, tokens, local=False)
+            trial = ("circuit.half_open", slot.name) in data["t"]
+            admitted = Lease(lease, slot.name, slot.scopes, tokens, local=False, trial=trial)
         transitions = tuple(dict.fromkeys(local_transitions + tuple(data["t"])))
         return Acquired(admitted, index, tuple(skipped), order_used, transitions)
 
@@ -759,7 +821,15 @@ class RedisStateStore:
         )
 
     def finish(self, lease: Lease, outcome: Outcome) -> tuple[tuple[str, str], ...]:
-        """End an attempt (one round trip; local for a lease taken while degraded)."""
+        """End an attempt (local for a lease taken while degraded).
+
+        A failure, or the end of a half-open breaker's trial, waits for Redis'
+        answer: every replica must skip a provider whose breaker it opened, and
+        the run emits the transition with its request. Any other outcome is sent
+        without waiting (its reply is read on the connection's next use): the
+        request's result does not depend on it, and the caller is spared a
+        round trip.
+        """
         if lease.done:
             return ()
         if lease.local:
@@ -767,6 +837,9 @@ class RedisStateStore:
         args = [*self._head, "1.0", "0", "", "0", "0", "0", ""]
         _finish_args(lease, outcome, args)
         args.append("0")
+        if outcome.verdict in _UNAWAITED and not lease.trial and self._send(self._script, args):
+            lease.done = True
+            return self._mirror(lease.provider, outcome)
         data = self._call(self._script, args)
         lease.done = True
         if data is None:
@@ -800,6 +873,7 @@ class RedisStateStore:
     def close(self) -> None:
         """Close the Redis connections (they reopen on the next call)."""
         idle, self._idle = self._idle, []
+        self._unread.clear()  # their replies go with the connections
         for connection in idle:
             with contextlib.suppress(*self._errors):
                 connection.disconnect()
