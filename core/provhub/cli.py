@@ -965,6 +965,7 @@ def _cmd_serve(ctx: _Context) -> int:
             allow_unauthenticated=args.allow_unauthenticated,
             access_log=args.access_log,
             log_level=levels.get(args.verbose, "debug"),
+            announce=lambda line: print(line, file=sys.stderr, flush=True),
         )
     )
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import ipaddress
 import os
-import sys
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,9 @@ class ServeOptions:
     allow_unauthenticated: bool = False
     access_log: bool = False
     log_level: str = "warning"
+    # Called once with the startup line (where it listens, auth, workers, config):
+    # the CLI prints it on stderr; a library never prints.
+    announce: Callable[[str], None] | None = None
 
 
 def is_loopback(host: str) -> bool:
@@ -98,12 +101,11 @@ def serve(options: ServeOptions) -> int:
             else "OPEN TO THE NETWORK (--allow-unauthenticated)"
         )
     shown = f"[{host}]" if ":" in host else host
-    print(
-        f"provhub serve: http://{shown}:{port} ({auth}; {workers} worker(s); "
-        f"config {config.path or 'defaults'})",
-        file=sys.stderr,
-        flush=True,
-    )
+    if options.announce is not None:
+        options.announce(
+            f"provhub serve: http://{shown}:{port} ({auth}; {workers} worker(s); "
+            f"config {config.path or 'defaults'})"
+        )
     if workers > 1:
         if config.path:
             os.environ["PROVHUB_CONFIG"] = config.path
