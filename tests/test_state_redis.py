@@ -205,6 +205,52 @@ def test_latency_statistics_are_shared(
     assert health["in_flight"] == 0
 
 
+def test_threads_sharing_one_redis_store_never_mix_replies_or_leak_a_slot(
+    redis_server: RedisServer, upstream: FakeUpstream
+) -> None:
+    # Successes finish without waiting for Redis' reply, which the connection's
+    # next user reads first: a reply read by the wrong caller would admit or
+    # refuse wrongly, and a lost finish would keep its in-flight slot. With
+    # max_in_flight equal to the number of threads, either shows as a refusal.
+    threads, each = 8, 40
+    config = Config.from_mapping(
+        {
+            **shared(redis_server),
+            "providers": {"a": {"max_in_flight": threads, "rpm": 100_000}},
+        }
+    )
+    events: list[dict[str, Any]] = []
+    hub = Hub(config, load_plugins=False, subscribers=[lambda e: events.append(dict(e))])
+    hub.register(OpenAICompatible("a", upstream.base_url, ["m"]))
+    failures: list[BaseException] = []
+    start = threading.Barrier(threads)
+
+    def run() -> None:
+        start.wait()
+        for _ in range(each):
+            try:
+                assert hub.complete("m", HI).text
+            except BaseException as exc:
+                failures.append(exc)
+
+    pool = [threading.Thread(target=run) for _ in range(threads)]
+    for thread in pool:
+        thread.start()
+    for thread in pool:
+        thread.join(timeout=60)
+    assert failures == []
+    assert len(upstream.requests) == threads * each
+    # Served from Redis throughout: a misread reply would have degraded the store.
+    assert state_events(events) == []
+    # The last finishes were sent, not waited for: Redis may still be reading
+    # them. A leaked slot never comes back (its lease lives for total + 5 s).
+    deadline = time.monotonic() + 2.0
+    while hub.health()["a"]["in_flight"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert hub.health()["a"]["in_flight"] == 0
+    hub.close()
+
+
 # -- Redis going away, in-process ---------------------------------------------------------------
 
 
