@@ -673,6 +673,33 @@ class RedisStateStore:
         finish: tuple[Lease, Outcome] | None,
         lease: str,
     ) -> Any:
+        args = self._script_args(
+            slots,
+            tokens=tokens,
+            ttl=ttl,
+            order=order,
+            retry=retry,
+            take=take,
+            check_all=check_all,
+            finish=finish,
+            lease=lease,
+        )
+        return self._call(self._script, args)
+
+    def _script_args(
+        self,
+        slots: Sequence[Slot],
+        *,
+        tokens: int = 0,
+        ttl: float = 1.0,
+        order: str | None = None,
+        retry: bool = False,
+        take: bool = False,
+        check_all: bool = False,
+        finish: tuple[Lease, Outcome] | None = None,
+        lease: str = "",
+    ) -> list[str]:
+        """The script's flat arguments: the call's switches, a finish, the candidates."""
         args = [
             *self._head,
             repr(float(ttl)),
@@ -691,7 +718,7 @@ class RedisStateStore:
         for slot in slots:
             args.append(slot.name)
             _scopes_args(slot.scopes, args)
-        return self._call(self._script, args)
+        return args
 
     def _decide(
         self,
@@ -834,9 +861,7 @@ class RedisStateStore:
             return ()
         if lease.local:
             return self._local.finish(lease, outcome)
-        args = [*self._head, "1.0", "0", "", "0", "0", "0", ""]
-        _finish_args(lease, outcome, args)
-        args.append("0")
+        args = self._script_args((), finish=(lease, outcome))  # a finish, no candidate
         if outcome.verdict in _UNAWAITED and not lease.trial and self._send(self._script, args):
             lease.done = True
             return self._mirror(lease.provider, outcome)

@@ -39,7 +39,7 @@ from typing import Any
 
 from tests.benchmarks.baseline import MESSAGES, RawClient
 from tests.benchmarks.server import Upstreams
-from tests.benchmarks.workloads import interleave, median
+from tests.benchmarks.workloads import Dummy, interleave, median, per_call_us
 from tests.redis_support import RedisServer
 
 from provhub import Capability, Config, FinishReason, Hub
@@ -293,32 +293,6 @@ def precision_section(redis: RedisServer, upstream: str, quick: bool) -> dict[st
 # -- 3. routing ---------------------------------------------------------------------------------
 
 
-class _Dummy:
-    supports_stream = True
-
-    def __init__(self, name: str, models: list[str]) -> None:
-        self.name = name
-        self.models = models
-
-    def create_completion(self, model: str, messages: Any, stream: bool, **kw: Any) -> Any:
-        raise AssertionError("never called")
-
-
-def _per_call_us(call: Callable[[], object], seconds: float) -> float:
-    call()
-    started = time.perf_counter()
-    call()
-    once = max(time.perf_counter() - started, 1e-7)
-    loops = max(1, int(seconds / 5 / once))
-    samples = []
-    for _ in range(5):
-        started = time.perf_counter()
-        for _ in range(loops):
-            call()
-        samples.append((time.perf_counter() - started) / loops * 1e6)
-    return min(samples)
-
-
 def _routing_hub(total: int, members: int) -> Hub:
     providers = {f"s{i}": _limits() for i in range(members)}
     group = {
@@ -333,9 +307,9 @@ def _routing_hub(total: int, members: int) -> Hub:
         load_plugins=False,
     )
     for i in range(total - members):
-        hub.register(_Dummy(f"p{i}", [f"model-{i}"]))
+        hub.register(Dummy(f"p{i}", [f"model-{i}"]))
     for i in range(members):
-        hub.register(_Dummy(f"s{i}", [MODEL]))
+        hub.register(Dummy(f"s{i}", [MODEL]))
     return hub
 
 
@@ -361,10 +335,10 @@ def _routing_row(total: int, members: int, seconds: float) -> dict[str, Any]:
     row = {
         "providers": total,
         "group_members": members,
-        "hub_route_group_us": _per_call_us(lambda: hub.route("group", MESSAGES), seconds),
-        "router_plan_group_us": _per_call_us(plan, seconds),
-        "hub_route_model_us": _per_call_us(lambda: hub.route(MODEL, MESSAGES), seconds),
-        "hub_stream_open_close_us": _per_call_us(open_close, seconds),
+        "hub_route_group_us": per_call_us(lambda: hub.route("group", MESSAGES), seconds, best=True),
+        "router_plan_group_us": per_call_us(plan, seconds, best=True),
+        "hub_route_model_us": per_call_us(lambda: hub.route(MODEL, MESSAGES), seconds, best=True),
+        "hub_stream_open_close_us": per_call_us(open_close, seconds, best=True),
     }
     hub.close()
     gc.collect()
