@@ -401,11 +401,26 @@ def test_request_span_is_a_child_of_the_callers_current_span(
     assert request.context.trace_id == caller.get_span_context().trace_id
 
 
-def test_astream_request_span_is_a_child_of_the_callers_span_across_the_worker_thread(
-    make_hub: MakeHub, traces: Traces, upstream: FakeUpstream
+class ThreadBound(OpenAICompatible):
+    """The same endpoint, not declared asyncio-native: astream runs it on a worker thread."""
+
+    asyncio_native = False
+
+
+@pytest.mark.parametrize(
+    ("provider_class", "events_thread"),
+    [(OpenAICompatible, "MainThread"), (ThreadBound, "provhub-astream")],
+    ids=["on-the-loop", "worker-thread"],
+)
+def test_astream_request_span_is_a_child_of_the_callers_span_on_the_loop_or_a_worker(
+    make_hub: MakeHub,
+    traces: Traces,
+    upstream: FakeUpstream,
+    provider_class: type[OpenAICompatible],
+    events_thread: str,
 ) -> None:
     hub = make_hub()
-    hub.register(endpoint("a", upstream))
+    hub.register(provider_class("a", upstream.base_url, ["gpt-4"]))
     upstream.script(HELLO)
     threads: set[str] = set()
     hub.subscribe(lambda event: threads.add(threading.current_thread().name))
@@ -420,7 +435,7 @@ def test_astream_request_span_is_a_child_of_the_callers_span_across_the_worker_t
     text, caller_id = asyncio.run(main())
 
     assert text == "Hello there"
-    assert threads == {"provhub-astream"}  # the events came from the worker thread
+    assert threads == {events_thread}  # where the run went: the loop, or a worker
     request = traces.request()
     assert request.parent is not None
     assert request.parent.span_id == caller_id

@@ -1,9 +1,17 @@
 """asyncio front end: ``Hub.astream`` / ``Hub.acomplete`` (SPEC §4).
 
-Providers are synchronous generators, so each async stream runs its
-:class:`~provhub.Stream` on a worker thread (with the caller's contextvars, so
-host-bound structlog context appears on events). Three rules keep the event
-loop free:
+Providers are synchronous generators. A stream whose every candidate declares
+``asyncio_native`` (the built-in OpenAI-compatible providers) is driven on the
+event loop itself: where it would block it yields a
+:class:`~provhub._suspend.Suspend`, which the stream awaits (the socket becoming
+readable, a worker sending the request, a backoff). Tokens then cost no thread
+hand-off, and a thousand streams cost no thousand threads. The streams charge
+the loop time they use to a per-loop :class:`_Pacer`, which hands the other
+coroutines a turn after every ``_TURN`` (2 ms) of it.
+
+Any other stream runs its :class:`~provhub.Stream` on a worker thread (with the
+caller's contextvars, so host-bound structlog context appears on events).
+Three rules keep the event loop free:
 
 - **Nothing blocking on the loop.** Workers come from :class:`Workers`, a pool
   that reuses idle threads and never caps concurrency (a stream holds its thread
@@ -27,12 +35,15 @@ import collections
 import contextlib
 import contextvars
 import functools
+import inspect
 import threading
 import time
-from collections.abc import AsyncIterator, Callable, Generator
+import weakref
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from provhub._gate import Gate, pause, resume, worker
+from provhub._suspend import Offload, Readable, Sleep, Suspend
 
 if TYPE_CHECKING:
     from provhub._attempt import Attempt
@@ -55,6 +66,11 @@ _CLOSE_WAIT = 0.1
 _CANCEL_WAIT = 0.05
 # An idle worker (and the spawner) exits after this long without work.
 _IDLE_SECONDS = 2.0
+# Most time loop-driven streams together spend resuming in one loop iteration;
+# past it, the others resume in the next one (see _Pacer).
+_TURN = 0.002
+# The least a resumption is assumed to cost (a wake-up and a task step).
+_MIN_COST = 20e-6
 _BUSY_NAME = "provhub-astream"
 _IDLE_NAME = "provhub-astream-idle"
 
@@ -183,6 +199,99 @@ class Workers:
                     local.slot = None
                 local.gate = None
                 me.name = _IDLE_NAME
+
+
+class _Pacer:
+    """Spreads the work of many loop-driven streams over the loop's iterations.
+
+    Hundreds of streams whose sockets became readable at once would all resume
+    in one iteration of the loop, and every other coroutine would wait for the
+    lot (500 streams started together held the loop for 160 ms). Streams charge
+    the loop time they use; once an iteration has spent :data:`_TURN`, a
+    stream that wants to go on waits in a queue, and each later iteration lets
+    as many resume, in order, as its estimated cost per resumption fits in
+    :data:`_TURN`.
+    """
+
+    __slots__ = ("_cost", "_loop", "_queue", "_scheduled", "spent")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._scheduled = False
+        self._queue: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
+        self._cost = 50e-6  # running estimate of one resumption
+        self.spent = 0.0
+
+    async def turn(self, *, first: bool = False) -> None:
+        """Wait for an iteration with time left (at once when this one has some).
+
+        ``first``: a stream let in by the estimate found the iteration spent
+        after all; it goes first next time.
+        """
+        if self.spent <= _TURN and (first or not self._queue):
+            return
+        waiter: asyncio.Future[Any] = self._loop.create_future()
+        if first:
+            self._queue.appendleft((waiter, None))
+        else:
+            self._queue.append((waiter, None))
+        self._schedule()
+        await waiter
+
+    def wake(self, waiter: asyncio.Future[Any], value: Any) -> None:
+        """Resolve ``waiter`` now if this iteration has time left, else in its turn.
+
+        Called where a socket became ready, before the stream's task is even
+        scheduled: a stream that waits for its turn costs the loop nothing.
+        """
+        if self.spent <= _TURN and not self._queue:
+            if not waiter.done():
+                waiter.set_result(value)
+            return
+        self._queue.append((waiter, value))
+        self._schedule()
+
+    def charge(self, seconds: float, resumption: float | None = None) -> None:
+        """Count ``seconds`` of loop time against this iteration.
+
+        ``resumption``: what one resumption of a stream took in all (from its
+        wake-up to its next wait), for the estimate of how many fit in a turn.
+        """
+        self.spent += seconds
+        if resumption is not None:
+            # Quick to rise, slow to fall: letting too many in costs the loop's lag.
+            cost = self._cost
+            cost = (cost + resumption) / 2 if resumption > cost else cost * 0.95
+            self._cost = max(cost, _MIN_COST)
+        self._schedule()
+
+    def _schedule(self) -> None:
+        if not self._scheduled:
+            self._scheduled = True
+            self._loop.call_soon(self._next_iteration)
+
+    def _next_iteration(self) -> None:
+        self._scheduled = False
+        self.spent = 0.0
+        queue = self._queue
+        room = _TURN
+        while queue and room > 0:
+            waiter, value = queue.popleft()
+            if not waiter.done():
+                waiter.set_result(value)
+                room -= self._cost
+        if queue:
+            self._schedule()
+
+
+_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pacer] = weakref.WeakKeyDictionary()
+
+
+def _pacer(loop: asyncio.AbstractEventLoop) -> _Pacer:
+    pacer = _pacers.get(loop)
+    if pacer is None:
+        pacer = _pacers[loop] = _Pacer(loop)
+    return pacer
 
 
 class _Channel:
@@ -342,11 +451,24 @@ class AsyncStream:
         self._workers = workers
         self._channel = _Channel(stream)
         self._started = False
+        # Driven on the loop (see the module docstring): the run's generator, the
+        # socket wait in progress, and when the loop last had a turn.
+        self._gen: Generator[Any, None, None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._watch: tuple[int, bool, asyncio.TimerHandle, asyncio.Future[bool]] | None = None
+        self._mark = 0.0  # when the loop time this stream used was last charged
+        self._resumed = 0.0  # when it last woke up
+        self._count = 0
+        self._pacer: _Pacer | None = None
+        self._guard: AsyncGenerator[None, None] | None = None
 
     def __del__(self) -> None:
         # Dropped unfinished: stop the worker. No cycle holds an AsyncStream (the
         # worker refers to the channel only), so this runs as soon as the caller
         # lets go; cheaper per stream than weakref.finalize.
+        if getattr(self, "_gen", None) is not None:
+            self._unguard()  # a loop-driven run's generator closes itself when dropped
+            return
         channel = getattr(self, "_channel", None)
         if channel is not None and not channel.finished:
             channel.stop()
@@ -405,6 +527,23 @@ class AsyncStream:
         return self
 
     async def __anext__(self) -> str:
+        gen = self._gen
+        if gen is not None:
+            # Driven on the loop: the usual case is a token ready at once.
+            try:
+                item = next(gen)
+            except StopIteration:
+                self._unguard()
+                raise StopAsyncIteration from None
+            except BaseException:
+                self._unguard()
+                raise
+            if item.__class__ is str:
+                count = self._count = self._count + 1
+                if not count & 31:
+                    await self._share()
+                return item
+            return await self._native(item)  # type: ignore[no-any-return]
         buffer = self._channel.buffer
         if buffer and buffer[0] is not _DONE:
             # The usual case in a burst: a token is waiting, no await needed.
@@ -420,8 +559,23 @@ class AsyncStream:
 
     def _start(self, text_only: bool) -> None:
         channel = self._channel
+        loop = asyncio.get_running_loop()
+        run = self._stream._run
+        if run.can_suspend() and _watches_sockets(loop):
+            run.suspend = True
+            self._gen = self._stream._start(text_only)
+            self._loop = loop
+            self._pacer = _pacer(loop)
+            self._mark = self._resumed = time.perf_counter()
+            # A stream still referenced when asyncio.run() ends its loop is closed
+            # then: the loop closes the async generators it saw start.
+            guard = self._guard = _closed_with_loop(weakref.ref(self))
+            with contextlib.suppress(StopIteration):
+                guard.asend(None).send(None)
+            self._started = True
+            return
         channel.gen = self._stream._start(text_only)
-        channel.loop = asyncio.get_running_loop()
+        channel.loop = loop
         job = functools.partial(contextvars.copy_context().run, channel.work)
         self._started = True
         if self._workers is not None:
@@ -436,6 +590,9 @@ class AsyncStream:
             if channel.closed:
                 raise StopAsyncIteration
             self._start(text_only)
+        gen = self._gen
+        if gen is not None:
+            return await self._native(None)
         while not buffer:
             waiter = channel.waiter = channel.loop.create_future()  # type: ignore[union-attr]
             if buffer:  # the worker appended between the check and the waiter
@@ -460,12 +617,149 @@ class AsyncStream:
             channel.space.set()  # type: ignore[union-attr]
         return item
 
+    # -- driven on the loop --------------------------------------------------
+
+    async def _native(self, item: Any) -> Any:
+        """Wait out the run's suspensions until it yields an item (or ends).
+
+        ``item`` None: nothing to wait for, resume the run now (its next step).
+        """
+        gen = self._gen
+        assert gen is not None
+        pacer = self._pacer
+        assert pacer is not None
+        while item is None or isinstance(item, Suspend):
+            # Everything since the stream last charged (its consumer's work too)
+            # counts against this iteration of the loop.
+            now = time.perf_counter()
+            pacer.charge(now - self._mark, None if item is None else now - self._resumed)
+            try:
+                if item is None:
+                    pass
+                elif type(item) is Readable:
+                    await self._readable(item)  # woken in its turn (see _Pacer.wake)
+                elif type(item) is Offload:
+                    await self._offload(item)
+                elif type(item) is Sleep:
+                    await asyncio.sleep(item.seconds)
+                await pacer.turn(first=type(item) is Readable)
+            except asyncio.CancelledError:
+                self._abort()
+                raise
+            if self._gen is not gen:
+                raise StopAsyncIteration  # closed by aclose() meanwhile
+            self._mark = self._resumed = time.perf_counter()
+            try:
+                item = next(gen)
+            except StopIteration:
+                self._unguard()
+                raise StopAsyncIteration from None
+            except BaseException:
+                self._unguard()
+                raise
+        return item
+
+    async def _share(self) -> None:
+        """Charge the loop time since the last charge; wait for a turn if it ran out."""
+        pacer = self._pacer
+        assert pacer is not None
+        now = time.perf_counter()
+        pacer.charge(now - self._mark)
+        self._mark = now
+        if pacer.spent > _TURN:
+            try:
+                await pacer.turn()
+            except asyncio.CancelledError:
+                self._abort()
+                raise
+            self._mark = time.perf_counter()
+
+    async def _readable(self, wait: Readable) -> None:
+        loop = self._loop
+        assert loop is not None
+        fd = wait.fd
+        if fd < 0:
+            return  # closed meanwhile: the next read reports it
+        ready: asyncio.Future[bool] = loop.create_future()
+        write = wait.write
+        pacer = self._pacer
+        if write:
+            loop.add_writer(fd, _ready, loop, fd, True, ready, pacer)
+        else:
+            loop.add_reader(fd, _ready, loop, fd, False, ready, pacer)
+        timer = loop.call_later(max(wait.seconds, 0.0), _resolve, ready, True)
+        self._watch = (fd, write, timer, ready)
+        try:
+            wait.timed_out = await ready
+        finally:
+            self._unwatch()
+
+    def _unwatch(self) -> None:
+        """Stop watching the socket (before it closes: its number may be reused)."""
+        watch, self._watch = self._watch, None
+        if watch is None:
+            return
+        fd, write, timer, ready = watch
+        timer.cancel()
+        if ready.done() and not ready.cancelled() and ready.result() is False:
+            return  # woken by the socket: _ready stopped watching it
+        loop = self._loop
+        assert loop is not None
+        if write:
+            loop.remove_writer(fd)
+        else:
+            loop.remove_reader(fd)
+        if not ready.done():
+            ready.set_result(False)
+
+    async def _offload(self, job: Offload[Any]) -> None:
+        loop = self._loop
+        assert loop is not None
+        done: asyncio.Future[None] = loop.create_future()
+
+        def run() -> None:
+            job.run()
+            try:
+                loop.call_soon_threadsafe(_resolve, done, None)
+            except RuntimeError:  # the loop closed: nobody will take the result
+                job.abandon()
+
+        task = functools.partial(contextvars.copy_context().run, run)
+        if self._workers is not None:
+            self._workers.submit(task)
+        else:
+            threading.Thread(target=task, name=_BUSY_NAME, daemon=True).start()
+        await done
+
+    def _abort(self) -> None:
+        """End a loop-driven run now: abort its network call and close its generator."""
+        gen = self._gen
+        if gen is None:
+            return
+        self._gen = _exhausted()
+        self._unguard()
+        self._unwatch()
+        if inspect.getgeneratorstate(gen) != inspect.GEN_CLOSED:
+            self._stream.cancel_token.cancel()  # wakes a worker sending the request
+            with contextlib.suppress(ValueError):  # closed from inside its own step
+                gen.close()
+
+    def _unguard(self) -> None:
+        """The stream ended: its loop no longer needs to close it."""
+        guard, self._guard = self._guard, None
+        if guard is not None:
+            with contextlib.suppress(StopIteration, StopAsyncIteration):
+                guard.aclose().send(None)
+
     async def aclose(self) -> None:
         """Stop the stream and close the upstream connection (idempotent).
 
         Waits at most 0.1 s for the worker to finish its cleanup; a worker stuck
         in a provider that ignores cancellation ends on its own later.
         """
+        if self._gen is not None:
+            self._abort()
+            return
         channel = self._channel
         if not self._started:
             channel.stop()
@@ -499,6 +793,51 @@ class AsyncStream:
 
     async def __aexit__(self, *exc_info: object) -> None:
         await self.aclose()
+
+
+def _resolve(future: asyncio.Future[Any], value: Any) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
+def _ready(
+    loop: asyncio.AbstractEventLoop,
+    fd: int,
+    write: bool,
+    future: asyncio.Future[bool],
+    pacer: _Pacer | None,
+) -> None:
+    """The socket is ready: stop watching it at once (epoll would report it again
+    on every iteration until the stream resumes), and wake the stream in its turn."""
+    if write:
+        loop.remove_writer(fd)
+    else:
+        loop.remove_reader(fd)
+    if pacer is not None:
+        pacer.wake(future, False)
+
+
+async def _closed_with_loop(stream: weakref.ref[AsyncStream]) -> AsyncGenerator[None, None]:
+    """Started like any async generator, so the loop's shutdown closes it (and the stream)."""
+    try:
+        yield
+    finally:
+        alive = stream()
+        if alive is not None and alive._guard is not None:
+            alive._guard = None
+            alive._abort()
+
+
+def _exhausted() -> Generator[Any, None, None]:
+    """What a closed loop-driven stream iterates: nothing."""
+    return
+    yield
+
+
+def _watches_sockets(loop: asyncio.AbstractEventLoop) -> bool:
+    """Whether ``loop`` can wait on a socket (``add_reader``; not Windows' proactor)."""
+    proactor = getattr(asyncio, "ProactorEventLoop", None)
+    return proactor is None or not isinstance(loop, proactor)
 
 
 class _AsyncItems:

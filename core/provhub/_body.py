@@ -12,10 +12,13 @@ decompresses it whole, before anyone may check a limit.
 from __future__ import annotations
 
 import zlib
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from provhub._errors import UpstreamProtocolError
 from provhub._exchange import BLOCK, Cancelled, Expired, Response
+
+if TYPE_CHECKING:
+    from provhub._loopwire import Head
 
 __all__ = ["Body", "Ended"]
 
@@ -85,6 +88,7 @@ class Body:
         "_buf",
         "_coding",
         "_decoder",
+        "_drained",
         "_error",
         "_exchange",
         "_fed",
@@ -101,7 +105,7 @@ class Body:
         "received",
     )
 
-    def __init__(self, response: Response, limit: int) -> None:
+    def __init__(self, response: Response | Head, limit: int) -> None:
         exchange = response.exchange
         assert exchange is not None
         self._exchange = exchange
@@ -131,6 +135,7 @@ class Body:
         self._fed = False
         self._over = False
         self._error: BaseException | None = None
+        self._drained = 0
 
     def read(self) -> bytes:
         """The next block of the decoded body; ``b""`` once it is complete."""
@@ -256,6 +261,9 @@ class Body:
                 if not avail:
                     if pieces:
                         break
+                    # Saved before every read: a read that would block (on an event
+                    # loop) leaves the parse where the next call picks it up.
+                    self._buf, self._left = b"", left
                     buf, pos = self._fill(), 0
                     continue
                 if avail <= left:
@@ -273,6 +281,7 @@ class Body:
                 if len(buf) - pos < 2:
                     if pieces:
                         break
+                    self._buf, self._left = buf[pos:], left
                     buf, pos = buf[pos:] + self._fill(), 0
                     continue
                 if buf[pos : pos + 2] == b"\r\n":
@@ -293,6 +302,7 @@ class Body:
                     )
                 if pieces:
                     break
+                self._buf, self._left = buf[pos:], left
                 buf, pos = buf[pos:] + self._fill(), 0
                 continue
             line = buf[pos:end].split(b";", 1)[0].strip()
@@ -306,9 +316,8 @@ class Body:
                     self._buf = b"0\r\n" + buf[pos:]
                     self._left = 0
                     return b"".join(pieces) if len(pieces) != 1 else pieces[0]
-                self._buf = buf[pos:]
                 self._left = 0
-                self._trailers()
+                self._trailers(buf[pos:])
                 self.complete = True
                 break
         if not self.complete:
@@ -316,26 +325,27 @@ class Body:
             self._left = left
         return b"".join(pieces) if len(pieces) != 1 else pieces[0]
 
-    def _trailers(self) -> None:
+    def _trailers(self, buf: bytes) -> None:
         """Skip the trailer section up to its blank line, within a size bound."""
-        buf = self._buf
-        seen = 0
+        pos = 0
         while True:
-            end = buf.find(b"\n")
+            end = buf.find(b"\n", pos)
             if end < 0:
-                if len(buf) > _MAX_TRAILER_BYTES:
+                if len(buf) - pos > _MAX_TRAILER_BYTES:
                     raise UpstreamProtocolError("chunked body: trailers too long", retryable=True)
+                # A read that would block resumes from the last chunk's line.
+                self._buf = b"0\r\n" + buf
                 buf += self._fill()
                 continue
-            line, buf = buf[:end].strip(), buf[end + 1 :]
-            seen += end + 1
-            if seen > _MAX_TRAILER_BYTES:
+            line = buf[pos:end].strip()
+            pos = end + 1
+            if pos > _MAX_TRAILER_BYTES:
                 raise UpstreamProtocolError("chunked body: trailers too long", retryable=True)
             if not line:
                 self._buf = b""
                 # Bytes after the body would be read as the next response: the
                 # connection is not reused then (see Transport._finish).
-                if buf:
+                if len(buf) > pos:
                     self._framing = "overrun"
                 return
 
@@ -350,18 +360,31 @@ class Body:
         Used after a stream's ``[DONE]``: the answer is whole, and only the final
         bytes of the framing stand between the connection and its reuse.
         """
+        self.start_drain(seconds)
+        return self.drain_rest(max_bytes)
+
+    def start_drain(self, seconds: float) -> None:
+        """Allow the rest of the body at most ``seconds`` (see :meth:`drain_rest`)."""
+        if not self.complete:
+            self._exchange.cap(seconds)
+            self._exchange.waiting = False
+        self._drained = self.received
+
+    def drain_rest(self, max_bytes: int) -> bool:
+        """Read on to the end, at most ``max_bytes`` since :meth:`start_drain`.
+
+        On an event loop, a read that has to wait raises ``WouldBlock``; calling
+        again after the wait goes on where it stopped.
+        """
         if self.complete:
             return self.clean
         if self._framing == "close":
             return False  # the connection ends with the body: nothing to reuse
-        self._exchange.cap(seconds)
-        self._exchange.waiting = False
-        start = self.received
         try:
             while not self.complete:
                 if not self._framed() and not self.complete:
                     return False
-                if self.received - start > max_bytes:
+                if self.received - self._drained > max_bytes:
                     return False
         except (Expired, Cancelled, Ended, UpstreamProtocolError, OSError):
             return False

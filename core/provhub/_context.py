@@ -36,6 +36,10 @@ class CallContext:
     calls...): a hub does; a direct caller of ``create_completion`` gets ``str``
     tokens only. ``cancel`` is set when the caller gives up (a provider that does
     not use the transport polls ``cancel.cancelled`` between tokens).
+    ``suspend`` is set when ``Hub.astream`` drives the call on its event loop (only
+    for a provider that declares ``asyncio_native``): :meth:`stream_sse` then
+    yields :class:`~provhub._suspend.Suspend` objects between events, which the
+    provider passes on as they are (:func:`~provhub.parse_chat_stream` does).
     """
 
     transport: Transport
@@ -45,6 +49,7 @@ class CallContext:
     headers: Mapping[str, str] = field(default_factory=dict)
     cancel: CancelToken | None = None
     markers: bool = True
+    suspend: bool = False
     emitter: Callable[[str, dict[str, Any]], None] | None = field(default=None, repr=False)
     # The header sets and keys this call sent, kept as they are (cheap) and turned
     # into masks only when an error needs them.
@@ -84,6 +89,7 @@ class CallContext:
             provider=provider,
             verify=self.verify_tls,
             cancel=self.cancel,
+            suspend=self.suspend,
         )
 
     def post_json(

@@ -34,7 +34,7 @@ import queue
 import socket
 import threading
 import time
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import urllib3.connection
 import urllib3.connectionpool
@@ -55,6 +55,7 @@ __all__ = [
     "HTTPSPool",
     "Response",
     "exchanging",
+    "framing_of",
 ]
 
 # Bytes per network read (and the most one read of the body hands on).
@@ -103,6 +104,7 @@ class Exchange:
         "idle",
         "in_headers",
         "sock",
+        "suspended",
         "token",
         "total",
         "waiting",
@@ -121,6 +123,8 @@ class Exchange:
         self.header_bytes = 0
         self.token = token
         self.sock: socket.socket | None = None
+        # The socket is non-blocking, read on an event loop (provhub._loopwire).
+        self.suspended = False
         self._lock = threading.Lock()
         self._live = True
         self._set = -1.0  # the timeout last set on the socket
@@ -355,38 +359,46 @@ class Response(http.client.HTTPResponse):
 
     def _frame(self) -> None:
         """Decide how the body is delimited (RFC 9112 §6.3), refusing ambiguity."""
-        headers = self.headers
-        encodings = headers.get_all("transfer-encoding") or []
-        lengths = headers.get_all("content-length") or []
-        self.reusable = not self.will_close
-        if self.status in (204, 304) or 100 <= self.status < 200 or self._head:
-            self.framing = "empty"
-            if self.status < 200:
-                # 101 Switching Protocols: what follows on the socket is not HTTP.
-                self.reusable = False
-            return
-        if encodings:
-            codings = [c.strip().lower() for e in encodings for c in e.split(",") if c.strip()]
-            if codings != ["chunked"]:
-                raise UpstreamProtocolError(
-                    f"unsupported Transfer-Encoding {', '.join(codings)!r}", retryable=True
-                )
-            self.framing = "chunked"
-            if lengths:
-                # Both headers: chunked wins, but the connection is suspect.
-                self.reusable = False
-            return
-        if lengths:
-            values = {v.strip() for e in lengths for v in e.split(",")}
-            if len(values) != 1 or not next(iter(values)).isdigit():
-                raise UpstreamProtocolError(
-                    "invalid or conflicting Content-Length headers", retryable=True
-                )
-            self.framing = "length"
-            self.content_length = int(next(iter(values)))
-            return
-        self.framing = "close"
-        self.reusable = False
+        self.framing, self.content_length, self.reusable = framing_of(
+            self.status, self.headers, self.will_close, head=self._head
+        )
+
+
+class _Headers(Protocol):
+    def get_all(self, name: str) -> list[str] | None: ...
+
+
+def framing_of(
+    status: int, headers: _Headers, will_close: bool, *, head: bool = False
+) -> tuple[str, int, bool]:
+    """How a response body is delimited (RFC 9112 §6.3), refusing ambiguity.
+
+    Returns the framing (``"empty"``, ``"chunked"``, ``"length"`` or
+    ``"close"``), the ``Content-Length`` (-1 unless ``"length"``), and whether
+    the connection may serve another request once the body is complete.
+    """
+    encodings = headers.get_all("transfer-encoding") or []
+    lengths = headers.get_all("content-length") or []
+    reusable = not will_close
+    if status in (204, 304) or 100 <= status < 200 or head:
+        # 101 Switching Protocols: what follows on the socket is not HTTP.
+        return "empty", -1, reusable and status >= 200
+    if encodings:
+        codings = [c.strip().lower() for e in encodings for c in e.split(",") if c.strip()]
+        if codings != ["chunked"]:
+            raise UpstreamProtocolError(
+                f"unsupported Transfer-Encoding {', '.join(codings)!r}", retryable=True
+            )
+        # Both headers: chunked wins, but the connection is suspect.
+        return "chunked", -1, reusable and not lengths
+    if lengths:
+        values = {v.strip() for e in lengths for v in e.split(",")}
+        if len(values) != 1 or not next(iter(values)).isdigit():
+            raise UpstreamProtocolError(
+                "invalid or conflicting Content-Length headers", retryable=True
+            )
+        return "length", int(next(iter(values))), reusable
+    return "close", -1, False
 
 
 def _connection_class(base: type[Any]) -> type[Any]:

@@ -547,7 +547,12 @@ class Hub:
             return self.register(provider).name
 
     def _call_context(
-        self, info: ProviderInfo, timeouts: Timeouts, request_id: str, cancel: CancelToken
+        self,
+        info: ProviderInfo,
+        timeouts: Timeouts,
+        request_id: str,
+        cancel: CancelToken,
+        suspend: bool = False,
     ) -> CallContext:
         settings = self._settings.get(info.name.lower())
         if settings is not None and settings.timeouts:
@@ -563,6 +568,7 @@ class Hub:
             request_id=request_id,
             headers=settings.headers if settings is not None else {},
             cancel=cancel,
+            suspend=suspend,
             emitter=_provider_emitter(self._emitter, info.name, request_id),
         )
 

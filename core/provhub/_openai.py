@@ -48,6 +48,7 @@ from provhub._spec import (
     ToolCallDelta,
     Usage,
 )
+from provhub._suspend import Suspend
 
 __all__ = [
     "DONE",
@@ -275,6 +276,9 @@ def parse_chat_stream(
     loads = json.loads
     scan = _scan_json
     for data in events:
+        if data.__class__ is not bytes and isinstance(data, Suspend):
+            yield data  # type: ignore[misc]  # for the event loop driving the call
+            continue
         try:
             # The per-chunk hot path (PERFORMANCE.md): event-stream data is UTF-8 by
             # definition, so decode it in C instead of json.loads' Python-level encoding

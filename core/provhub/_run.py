@@ -50,7 +50,8 @@ from provhub._spec import (
     ToolCallDelta,
     Usage,
 )
-from provhub._state import Lease, Outcome, Skip, StateStore, Verdict
+from provhub._state import Lease, MemoryStateStore, Outcome, Skip, StateStore, Verdict
+from provhub._suspend import Sleep, Suspend
 from provhub._toolcalls import ToolCall, ToolCallAssembler
 
 __all__ = ["Run", "RunDeps"]
@@ -65,7 +66,7 @@ _REQUEST_KINDS = frozenset({FailureKind.CONTEXT_LENGTH, FailureKind.CONTENT_POLI
 # (only a crashed process leaves a lease unfinished).
 _LEASE_MARGIN = 5.0
 
-CallContextFactory = Callable[[ProviderInfo, Timeouts, str, CancelToken], CallContext]
+CallContextFactory = Callable[[ProviderInfo, Timeouts, str, CancelToken, bool], CallContext]
 
 
 @dataclass(frozen=True, slots=True)
@@ -176,6 +177,9 @@ class Run:
         self._lease = lease
         self._prompt_tokens = prompt_tokens
         self._price: Price | None = None
+        # Driven by the event loop (provhub._suspend): the run yields Suspend
+        # objects where it would block, and its providers' calls do too.
+        self.suspend = False
 
     def __del__(self) -> None:
         # A stream dropped before its first item: give the admission back.
@@ -189,6 +193,21 @@ class Run:
             # Also called at garbage collection, where nothing may raise.
             with contextlib.suppress(Exception):
                 self._deps.state.finish(lease, Outcome(Verdict.UNUSED))
+
+    def can_suspend(self) -> bool:
+        """Whether an event loop can drive this run itself (:mod:`provhub._suspend`).
+
+        True for a streamed request whose every candidate declares
+        ``asyncio_native`` and whose state store never waits on the network.
+        """
+        return (
+            self.request.stream
+            and isinstance(self._deps.state, MemoryStateStore)
+            and all(
+                getattr(c.info.provider, "asyncio_native", False) is True
+                for c in self.plan.candidates
+            )
+        )
 
     @property
     def cost(self) -> float | None:
@@ -306,7 +325,15 @@ class Run:
                         break
                     self._transitions(state.finish(lease, outcome))
                     lease = None
-                    if self.cancel_token.event.wait(delay):
+                    if self.suspend:
+                        try:
+                            yield Sleep(delay)  # type: ignore[misc]
+                        except GeneratorExit:
+                            self._emit(INFO, "stream.cancelled", chunks=0, chars=0)
+                            raise
+                        if self.cancel_token.cancelled:
+                            break
+                    elif self.cancel_token.event.wait(delay):
                         break
                     retry += 1
                     ttl = deadline - time.monotonic() + _LEASE_MARGIN
@@ -460,7 +487,8 @@ class Run:
             timeouts = Timeouts(
                 timeouts.connect, timeouts.first_token, timeouts.idle, max(remaining, 0.001)
             )
-        context = deps.call_context(info, timeouts, self.request_id, self.cancel_token)
+        suspend = self.suspend
+        context = deps.call_context(info, timeouts, self.request_id, self.cancel_token, suspend)
         self._attempt_no = len(self.attempts) + 1
         model = info.aliases.get(candidate.model, candidate.model)
         self._emit(DEBUG, "attempt.started", upstream_model=model)
@@ -501,6 +529,8 @@ class Run:
                         if chunk_events:
                             self._emit(DEBUG, "stream.chunk", index=delivered, chars=len(item))
                         yield item
+                elif suspend and isinstance(item, Suspend):
+                    yield item  # type: ignore[misc]  # the event loop waits on it
                 else:
                     taken = take(item, name)
                     others += 1

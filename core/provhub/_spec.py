@@ -180,6 +180,13 @@ class AbstractProvider(ABC):
     ``context_windows`` maps model ids to their context window in tokens (prompt
     and answer together); the router never falls back to a smaller window than a
     request needs (SPEC §14). A model it does not name has an unknown window.
+
+    ``asyncio_native = True`` lets ``Hub.astream`` drive the provider on its
+    event loop instead of a worker thread. Declare it only when
+    ``create_completion`` does all its I/O through
+    ``provider_call().stream_sse(...)`` and passes every object that iterator
+    yields besides ``bytes`` on unchanged, as it came (``parse_chat_stream``
+    does): those are the points where the loop waits.
     """
 
     name: str = "AbstractProvider"
@@ -203,6 +210,7 @@ class AbstractProvider(ABC):
     context_windows: Mapping[str, int] = {}
     url_env: str | None = None
     models_path: str | None = None
+    asyncio_native: bool = False
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)

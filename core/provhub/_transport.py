@@ -24,18 +24,21 @@ What an upstream cannot do to a call, whatever it sends (docs/reliability.md):
 
 from __future__ import annotations
 
+import functools
 import http.client
 import http.cookiejar
 import json
+import ssl
 import threading
 import time
 import urllib.request
-from collections.abc import Generator, Mapping
+from collections.abc import Callable, Generator, Mapping
 from typing import Any
 from urllib.parse import urljoin, urlsplit
 
 import requests
 from requests.adapters import HTTPAdapter
+from requests.structures import CaseInsensitiveDict
 
 from provhub import _explain as explain
 from provhub._body import Body, Ended
@@ -62,12 +65,15 @@ from provhub._exchange import (
     Response,
     exchanging,
 )
+from provhub._loopwire import Conn, ConnectTimeout, Head, LoopPool, Target, exchange_head
 from provhub._redact import Secrets
 from provhub._sse import SSEDecodeError, SSEDecoder
+from provhub._suspend import Offload, Readable, Suspend, WouldBlock
 
 __all__ = ["Transport", "parse_retry_after"]
 
 _BODY_EXCERPT = 200
+_USER_AGENT = requests.utils.default_user_agent()
 # Bytes of an error body read for its excerpt, and how long that may take: the
 # status is the news, the body only its explanation.
 _ERROR_BODY_BYTES = 16384
@@ -235,6 +241,19 @@ def _original(exc: BaseException) -> BaseException:
 _READ_ERRORS = (Expired, Cancelled, Ended, OSError, http.client.HTTPException)
 
 
+def _response_of(head: Head, url: str) -> requests.Response:
+    """A loop-read response head as ``requests`` would show it (for errors and checks)."""
+    response = requests.Response()
+    response.status_code = head.status
+    response.reason = head.reason
+    response.url = url
+    fields = CaseInsensitiveDict[str]()
+    for name, _ in head.headers.items():
+        fields[name] = head.headers.get(name) or ""  # repeated fields joined
+    response.headers = fields
+    return response
+
+
 def _whole_json(data: bytes | bytearray) -> Any:
     """``data`` decoded if it is one whole JSON object, else None."""
     try:
@@ -264,6 +283,9 @@ class Transport:
         self._no_proxy = environment.pop("no", None)
         self._proxies = environment
         self._proxy_cache: dict[str, dict[str, str] | None] = {}
+        self._targets: dict[str, Target | None] = {}
+        self._tls_contexts: dict[bool, ssl.SSLContext] = {}
+        self._loop_pool: LoopPool | None = None
 
     @property
     def session(self) -> requests.Session:
@@ -291,8 +313,11 @@ class Transport:
         """Close pooled connections; the transport can be used again afterwards."""
         with self._lock:
             session, self._session = self._session, None
+            pool, self._loop_pool = self._loop_pool, None
         if session is not None:
             session.close()
+        if pool is not None:
+            pool.close()
 
     def _proxies_for(self, url: str) -> dict[str, str] | None:
         if not self._proxies:
@@ -320,20 +345,7 @@ class Transport:
     ) -> tuple[requests.Response, Exchange, Body]:
         """Send the request and check the status; the body is still to be read."""
         started = time.monotonic()
-        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
-        if len(body) > self.limits.max_request_bytes:
-            raise RequestTooLargeError(
-                f"request body of {len(body)} bytes exceeds limits.max_request_bytes "
-                f"({self.limits.max_request_bytes}); shorten the messages or raise the limit",
-                provider=provider,
-            )
-        all_headers = {
-            "content-type": "application/json",
-            "accept": "text/event-stream, application/json" if stream else "application/json",
-            # Only what Body decodes (requests would add br/zstd when installed).
-            "accept-encoding": "gzip, deflate",
-        }
-        all_headers.update(headers)
+        body, all_headers = self._prepare(payload, headers, provider, stream)
         exchange = Exchange(timeouts, started, cancel)
         # The connect budget is capped by what is left of the total.
         connect = max(0.001, min(timeouts.connect, timeouts.total))
@@ -386,6 +398,145 @@ class Transport:
         assert reader is not None  # refused otherwise
         return response, exchange, reader
 
+    def _prepare(
+        self, payload: Mapping[str, Any], headers: Mapping[str, str], provider: str, stream: bool
+    ) -> tuple[bytes, dict[str, str]]:
+        """The request body (within ``max_request_bytes``) and its headers."""
+        body = json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode()
+        if len(body) > self.limits.max_request_bytes:
+            raise RequestTooLargeError(
+                f"request body of {len(body)} bytes exceeds limits.max_request_bytes "
+                f"({self.limits.max_request_bytes}); shorten the messages or raise the limit",
+                provider=provider,
+            )
+        all_headers = {
+            "content-type": "application/json",
+            "accept": "text/event-stream, application/json" if stream else "application/json",
+            # Only what Body decodes (requests would add br/zstd when installed).
+            "accept-encoding": "gzip, deflate",
+        }
+        all_headers.update(headers)
+        return body, all_headers
+
+    # -- on the event loop ---------------------------------------------------------
+
+    def _loop_target(self, url: str) -> Target | None:
+        """Where a loop-driven request to ``url`` goes, or None when requests must send it.
+
+        None for a URL through a proxy, with credentials in it, or not http(s).
+        """
+        targets = self._targets
+        target = targets.get(url, False)
+        if target is False:
+            try:
+                target = None if self._proxies_for(url) is not None else Target(url)
+            except ValueError:
+                target = None
+            if len(targets) < 256:  # one per provider URL; bounded whatever the config
+                targets[url] = target
+        return target  # type: ignore[return-value]
+
+    def _tls(self, verify: bool) -> ssl.SSLContext:
+        """The TLS settings of loop-driven requests: requests' CA bundle, HTTP/1.1."""
+        context = self._tls_contexts.get(verify)
+        if context is None:
+            if verify:
+                context = ssl.create_default_context(cafile=requests.utils.DEFAULT_CA_BUNDLE_PATH)
+            else:
+                context = ssl.create_default_context()
+                context.check_hostname = False
+                context.verify_mode = ssl.CERT_NONE
+            context.set_alpn_protocols(["http/1.1"])
+            self._tls_contexts[verify] = context
+        return context
+
+    @property
+    def loop_pool(self) -> LoopPool:
+        """The idle connections of loop-driven requests, created on first use."""
+        pool = self._loop_pool
+        if pool is None:
+            with self._lock:
+                if self._loop_pool is None:
+                    self._loop_pool = LoopPool(self._pool_maxsize)
+                pool = self._loop_pool
+        return pool
+
+    def _open_on_loop(
+        self,
+        target: Target,
+        url: str,
+        payload: Mapping[str, Any],
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        provider: str,
+        verify: bool | None,
+        cancel: CancelToken | None,
+    ) -> Generator[Suspend, None, tuple[Head, Exchange, Body, Callable[[], None]]]:
+        """:meth:`_open` for a stream driven on the event loop (:mod:`provhub._loopwire`)."""
+        started = time.monotonic()
+        body, all_headers = self._prepare(payload, headers, provider, True)
+        all_headers.setdefault("user-agent", _USER_AGENT)
+        exchange = Exchange(timeouts, started, cancel)
+        connect = max(0.001, min(timeouts.connect, timeouts.total))
+        checked = self.verify if verify is None else verify
+        context = self._tls(checked) if target.tls else None
+        try:
+            conn, head = yield from exchange_head(
+                self.loop_pool, target, context, checked, all_headers, body, exchange, connect
+            )
+        except BaseException as exc:
+            exchange.release()
+            error = self._send_error(exc, url, provider, connect, all_headers)
+            if error is exc:
+                raise
+            raise error from _original(exc)
+        status = head.status
+        refused = status >= 300 or status < 200 or status in (204, 205)
+        reader: Body | None = None
+        try:
+            reader = Body(head, self.limits.max_response_bytes)
+        except UpstreamProtocolError as exc:
+            if not refused:
+                self._finish_loop(conn, head, exchange, None)
+                exc.provider = provider
+                exc.host = _host(url)
+                raise
+        if refused or reader is None:
+            # Reading the body that explains a refusal blocks: a worker does it.
+            head.fp.blocking()
+            refusal: Offload[None] = Offload(
+                functools.partial(
+                    self._refuse,
+                    _response_of(head, url),
+                    exchange,
+                    reader,
+                    url,
+                    provider,
+                    all_headers,
+                    True,
+                )
+            )
+            try:
+                yield refusal
+                refusal.result()
+            finally:
+                self._finish_loop(conn, head, exchange, reader)
+        assert reader is not None  # refused otherwise
+        return (
+            head,
+            exchange,
+            reader,
+            functools.partial(self._finish_loop, conn, head, exchange, reader),
+        )
+
+    def _finish_loop(self, conn: Conn, head: Head, exchange: Exchange, reader: Body | None) -> None:
+        """Give a loop-driven connection back to its pool if it is clean, else close it."""
+        exchange.release()
+        if reader is not None and reader.clean and head.reusable and exchange.suspended:
+            self.loop_pool.put(conn)
+        else:
+            conn.close()
+
     def _send_error(
         self,
         exc: BaseException,
@@ -429,6 +580,23 @@ class Transport:
             secrets.add_headers(headers)
             text = secrets.mask(" ".join(str(exc).split()))[:160]
             return ProviderError(f"request failed: {type(exc).__name__}: {text}", provider=provider)
+        # What provhub's own loop-driven sending raises (provhub._loopwire).
+        if isinstance(exc, ConnectTimeout):
+            return UpstreamTimeoutError(
+                explain.connect_failure(exc, _shown(url), connect_timeout=connect),
+                provider=provider,
+                retryable=True,
+                host=host,
+            )
+        if isinstance(exc, OSError | http.client.HTTPException):
+            return UpstreamConnectionError(
+                explain.connect_failure(exc, _shown(url)),
+                provider=provider,
+                retryable=True,
+                host=host,
+            )
+        if isinstance(exc, ProviderError):
+            exc.provider = exc.provider or provider
         return exc  # MemoryError, KeyboardInterrupt...: not the network's doing
 
     def _refuse(
@@ -611,6 +779,7 @@ class Transport:
         provider: str,
         verify: bool | None = None,
         cancel: CancelToken | None = None,
+        suspend: bool = False,
     ) -> Generator[bytes, None, None]:
         """POST ``payload`` and yield each SSE event's data until ``[DONE]``.
 
@@ -620,16 +789,56 @@ class Transport:
         answer. Closing the iterator early closes the HTTP response (and its
         connection) at once; a stream read to its end returns its connection to
         the pool.
+
+        ``suspend`` (the asyncio front end's mode, :mod:`provhub._suspend`): the
+        blocking send goes to a worker thread and the body is read without
+        blocking; :class:`~provhub._suspend.Suspend` objects are yielded between
+        the events, for the event loop to wait on.
         """
-        response, exchange, reader = self._open(
-            url, payload, headers, timeouts, provider, verify, cancel, stream=True
-        )
+        target = self._loop_target(url) if suspend else None
+        # Sent by requests on a worker (a proxy, credentials in the URL): its
+        # socket is read by a worker too, one block at a time.
+        offloaded = suspend and target is None
+        head: Head | None = None
+        if target is not None:
+            head, exchange, reader, finish = yield from self._open_on_loop(  # type: ignore[misc]
+                target, url, payload, headers, timeouts, provider, verify, cancel
+            )
+            content_type = head.headers.get("content-type")
+        else:
+            opening = functools.partial(
+                self._open, url, payload, headers, timeouts, provider, verify, cancel, stream=True
+            )
+            if offloaded:
+                offload = Offload(opening, cleanup=self._finish_all)
+                try:
+                    yield offload  # type: ignore[misc]
+                except GeneratorExit:
+                    offload.abandon()
+                    raise
+                response, exchange, reader = offload.result()
+            else:
+                response, exchange, reader = opening()
+            finish = functools.partial(self._finish, response, exchange, reader)
+            content_type = response.headers.get("content-type")
         host = _host(url)
         done = False
         try:
-            mime = (response.headers.get("content-type") or "").split(";", 1)[0].strip().lower()
+            mime = (content_type or "").split(";", 1)[0].strip().lower()
             if mime != "text/event-stream":
-                self._not_a_stream(mime, response, exchange, reader, provider, host, headers)
+                if head is not None:
+                    response = _response_of(head, url)
+                    head.fp.blocking()
+                refusing = functools.partial(
+                    self._not_a_stream, mime, response, exchange, reader, provider, host, headers
+                )
+                if suspend:
+                    # Reading the body that explains the refusal blocks: a worker does it.
+                    refused: Offload[None] = Offload(refusing)
+                    yield refused  # type: ignore[misc]
+                    refused.result()
+                else:
+                    refusing()
             limits = self.limits
             decoder = SSEDecoder(limits.max_line_bytes, limits.max_event_bytes)
             feed = decoder.feed
@@ -637,7 +846,19 @@ class Transport:
             seen = False
             try:
                 while True:
-                    block = read()
+                    if offloaded:
+                        reading: Offload[bytes] = Offload(read)
+                        yield reading  # type: ignore[misc]
+                        block = reading.result()
+                    else:
+                        try:
+                            block = read()
+                        except WouldBlock as wait:
+                            readable = Readable.of(wait)
+                            yield readable  # type: ignore[misc]
+                            if readable.timed_out:
+                                raise exchange.expired(wait.budget) from None
+                            continue
                     if not block:
                         break
                     events = feed(block)
@@ -676,12 +897,24 @@ class Transport:
                 raise _read_error(exc, provider, host, url) from _original(exc)
             except UpstreamProtocolError as exc:
                 raise _read_error(exc, provider, host) from None
+            # The answer is whole; a body that does not end within a small bound
+            # costs the connection, never the answer.
+            reader.start_drain(_DRAIN_SECONDS)
+            while not offloaded:
+                try:
+                    reader.drain_rest(_DRAIN_BYTES)
+                    break
+                except WouldBlock as wait:
+                    readable = Readable.of(wait)
+                    yield readable  # type: ignore[misc]
+                    if readable.timed_out:
+                        break
         finally:
-            if done:
-                # The answer is whole; a body that does not end within a small bound
-                # costs the connection, never the answer.
-                reader.drain(_DRAIN_SECONDS, _DRAIN_BYTES)
-            self._finish(response, exchange, reader)
+            finish()
+
+    def _finish_all(self, opened: tuple[requests.Response, Exchange, Body]) -> None:
+        """Close what an abandoned :meth:`_open` returned (its body was never read)."""
+        self._finish(*opened)
 
     def _not_a_stream(
         self,

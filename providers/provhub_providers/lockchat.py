@@ -36,6 +36,8 @@ class Lockchat(AbstractProvider):
     models_path = "/v1/models"
     supports_stream = True
     supports_gpt_35_turbo = True
+    # All its I/O is stream_sse, and parse_chat_stream passes suspensions on.
+    asyncio_native = True
     supports_gpt_4 = True
 
     @staticmethod
@@ -62,6 +64,9 @@ class Lockchat(AbstractProvider):
                 events = call.stream_sse(url, payload, headers=headers, provider="Lockchat")
                 try:
                     first = next(events, None)
+                    while first is not None and not isinstance(first, bytes):
+                        yield first  # the event loop's wait, passed on
+                        first = next(events, None)
                     if first is not None and MODEL_MISSING in first:
                         continue  # re-send; nothing of this answer reached the caller
                     if first is not None:

@@ -45,6 +45,8 @@ class OpenAICompatible(AbstractProvider):
 
     supports_stream = True
     models_path = "/models"
+    # All its I/O is stream_sse, and parse_chat_stream passes suspensions on.
+    asyncio_native = True
 
     def __init__(
         self,

@@ -1,0 +1,137 @@
+"""Suspension points: how a synchronous request runs on an event loop without blocking it.
+
+A request is a chain of synchronous generators (the run, the provider's
+``create_completion``, the transport's event stream). ``Hub.astream`` drives
+that chain on the event loop itself (SPEC §4) when every candidate passes
+these objects on: where the transport would block, it yields a
+:class:`Suspend` instead, the asyncio front end (:mod:`provhub._aio`) awaits
+it, and iterates on. Only the sending of a request and the reading of its
+response head, which ``requests`` does in blocking calls, go to a worker
+thread (:class:`Offload`); the body, where every token flows, is read from the
+non-blocking socket on the loop (:class:`Readable`), so a token costs no thread
+hand-off.
+
+The objects carry their outcome back themselves (``timed_out``,
+:meth:`Offload.result`): a plain ``for`` loop in a provider passes a value up,
+but no ``send()`` down.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+__all__ = ["Offload", "Readable", "Sleep", "Suspend", "WouldBlock"]
+
+T = TypeVar("T")
+
+
+class Suspend:
+    """A point where a request driven by the event loop waits (yielded, never shown to callers)."""
+
+    __slots__ = ()
+
+
+class WouldBlock(Exception):
+    """A read or write on a non-blocking socket has to wait (raised by the wire).
+
+    ``seconds`` is what the exchange's budget allows for the wait and
+    ``budget`` its name (``first-token``, ``idle``, ``total``).
+    """
+
+    def __init__(self, fd: int, seconds: float, budget: str, *, write: bool = False) -> None:
+        super().__init__(fd, seconds, budget, write)
+        self.fd = fd
+        self.seconds = seconds
+        self.budget = budget
+        self.write = write
+
+
+class Readable(Suspend):
+    """Wait until the socket ``fd`` is readable (``write``: writable), at most ``seconds``.
+
+    The front end sets ``timed_out`` when the time ran out first.
+    """
+
+    __slots__ = ("budget", "fd", "seconds", "timed_out", "write")
+
+    def __init__(self, fd: int, seconds: float, budget: str, *, write: bool = False) -> None:
+        self.fd = fd
+        self.seconds = seconds
+        self.budget = budget
+        self.write = write
+        self.timed_out = False
+
+    @classmethod
+    def of(cls, wait: WouldBlock) -> Readable:
+        """The wait a :class:`WouldBlock` asks for."""
+        return cls(wait.fd, wait.seconds, wait.budget, write=wait.write)
+
+
+class Sleep(Suspend):
+    """Wait ``seconds`` (a retry's backoff)."""
+
+    __slots__ = ("seconds",)
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+
+
+class Offload(Suspend, Generic[T]):
+    """Run ``fn`` on a worker thread; the generator takes the outcome with :meth:`result`.
+
+    Whoever abandons the wait (a cancelled consumer, a closed generator) calls
+    :meth:`abandon`: a result that arrives afterwards, or arrived unclaimed, is
+    handed to ``cleanup`` (closing the response it holds) instead of leaking.
+    """
+
+    __slots__ = ("_abandoned", "_done", "_error", "_lock", "_value", "cleanup", "fn")
+
+    def __init__(self, fn: Callable[[], T], cleanup: Callable[[T], None] | None = None) -> None:
+        self.fn = fn
+        self.cleanup = cleanup
+        self._lock = threading.Lock()
+        self._value: Any = None
+        self._error: BaseException | None = None
+        self._done = False
+        self._abandoned = False
+
+    def run(self) -> None:
+        """Call ``fn`` and keep its outcome (on the worker thread)."""
+        try:
+            value, error = self.fn(), None
+        except BaseException as exc:  # delivered through result()
+            value, error = None, exc
+        with self._lock:
+            self._done = True
+            if not self._abandoned:
+                self._value, self._error = value, error
+                return
+        if error is None:
+            self._clean(value)
+
+    def result(self) -> T:
+        """The value ``fn`` returned (the caller owns it now), or raise what it raised."""
+        with self._lock:
+            value, error = self._value, self._error
+            self._value = self._error = None
+        if error is not None:
+            raise error
+        return value  # type: ignore[no-any-return]
+
+    def abandon(self) -> None:
+        """Nobody will take the result: clean it up now or when it arrives."""
+        with self._lock:
+            self._abandoned = True
+            value, self._value = self._value, None
+            self._error = None
+        if value is not None:
+            self._clean(value)
+
+    def _clean(self, value: Any) -> None:
+        if self.cleanup is not None:
+            # Cleanup runs wherever the result lands; it must never raise there.
+            with contextlib.suppress(Exception):
+                self.cleanup(value)
