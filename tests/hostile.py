@@ -29,6 +29,7 @@ import contextlib
 import json
 import select
 import socket
+import ssl
 import struct
 import sys
 import threading
@@ -152,8 +153,15 @@ class _Peer:
 class HostileServer:
     """The server; a context manager. ``scripts`` are per connection, in order."""
 
-    def __init__(self, scripts: Sequence[Sequence[Step]] = (), default: Sequence[Step] = ()):
+    def __init__(
+        self,
+        scripts: Sequence[Sequence[Step]] = (),
+        default: Sequence[Step] = (),
+        *,
+        tls: ssl.SSLContext | None = None,
+    ):
         self.scripts = [list(s) for s in scripts]
+        self.tls = tls  # serve https: the handshake happens on the connection's thread
         self.default = list(default)
         self.requests: list[bytes] = []  # every request read, headers and body
         self.connections = 0
@@ -171,8 +179,8 @@ class HostileServer:
 
     @property
     def url(self) -> str:
-        """``http://127.0.0.1:PORT``."""
-        return f"http://127.0.0.1:{self.port}"
+        """``http://127.0.0.1:PORT`` (``https`` with ``tls``)."""
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def base_url(self) -> str:
@@ -236,17 +244,21 @@ class HostileServer:
             self._threads.append(thread)
             thread.start()
 
-    def _serve(self, sock: socket.socket, script: list[Step]) -> None:
-        peer = _Peer(sock)
+    def _serve(self, raw: socket.socket, script: list[Step]) -> None:
+        sock = raw
         try:
-            self._run(peer, script)
+            if self.tls is not None:
+                raw.settimeout(5)
+                sock = self.tls.wrap_socket(raw, server_side=True)
+                sock.settimeout(None)
+            self._run(_Peer(sock), script)
         except (_Gone, OSError):
             pass
         finally:
             with contextlib.suppress(OSError):
                 sock.close()
             with self._lock:
-                self._peers.discard(sock)
+                self._peers.discard(raw)
                 self.disconnects += 1
 
     def _run(self, peer: _Peer, steps: Iterable[Step]) -> None:

@@ -437,69 +437,64 @@ def _will_close(version: int, headers: Fields) -> bool:
     return not (headers.get("keep-alive") or "keep-alive" in connection)
 
 
-def _block_end(buffer: bytearray, start: int) -> int:
-    """The end of the header block (after its blank line) at or after ``start``, or -1.
+def _read_head(sock: socket.socket, exchange: Exchange) -> Generator[Suspend, None, Head]:
+    """Read the response head (skipping interim ``1xx`` answers) within the budgets.
 
-    Lines end with LF (a CR before it is optional, as http.client reads them);
-    the first line is the status line.
+    Lines end with LF (a CR before it is optional, as http.client reads them).
+    The status line is checked as soon as it is complete: an upstream that
+    speaks something else than HTTP is told at once, not at the deadline.
     """
-    pos = start
-    first = True
+    buffer = bytearray()
+    pos = 0  # start of the first line not looked at yet
+    fields = 0  # start of the header fields of the current answer
+    status = 0  # of the current answer, once its status line arrived
+    version = 11
+    reason = ""
     while True:
         end = buffer.find(b"\n", pos)
-        if end < 0:
-            return -1
-        if not first and buffer[pos:end].rstrip(b"\r") == b"":
-            return end + 1
-        first = False
-        pos = end + 1
-
-
-def _read_head(sock: socket.socket, exchange: Exchange) -> Generator[Suspend, None, Head]:
-    """Read the response head (skipping interim ``1xx`` answers) within the budgets."""
-    buffer = bytearray()
-    start = 0
-    while True:
-        end = _block_end(buffer, start)
-        if end < 0:
-            if len(buffer) >= MAX_HEADER_BYTES:
-                raise UpstreamProtocolError(
-                    f"response header block exceeds {MAX_HEADER_BYTES} bytes", retryable=True
-                )
-            seconds, budget = exchange.timeout()
-            try:
-                data = sock.recv(min(BLOCK, MAX_HEADER_BYTES - len(buffer)))
-            except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
-                write = isinstance(exc, ssl.SSLWantWriteError)
-                if (yield from _wait(sock.fileno(), seconds, budget, write=write)):
-                    raise exchange.expired(budget) from None
-                continue
-            except OSError as exc:
-                if exchange.cancelled:
-                    raise Cancelled() from exc
-                raise
-            if not data:
-                if exchange.cancelled:
-                    raise Cancelled()
-                if len(buffer) == start:
-                    # Closed before answering (on a reused connection, the classic
-                    # stale keep-alive race): a connection error, as http.client says.
-                    raise http.client.RemoteDisconnected(
-                        "Remote end closed connection without response"
-                    )
-                raise UpstreamProtocolError(
-                    "the connection closed inside the response header block", retryable=True
-                )
-            buffer += data
+        while end >= 0:
+            if not status:
+                version, status, reason = _status_line(bytes(buffer[pos : end + 1]))
+                fields = end + 1
+            elif not buffer[pos:end].rstrip(b"\r"):
+                headers = _fields(bytes(buffer[fields:pos]))
+                if 100 <= status < 200 and status != 101:
+                    status = 0  # an interim answer (100 Continue, 103 Early Hints): the next
+                else:
+                    fp = LoopFile(sock, exchange, bytes(buffer[end + 1 :]))
+                    will_close = _will_close(version, headers)
+                    return Head(status, _reason(reason), headers, will_close, exchange, fp)
+            pos = end + 1
+            end = buffer.find(b"\n", pos)
+        if len(buffer) >= MAX_HEADER_BYTES:
+            raise UpstreamProtocolError(
+                f"response header block exceeds {MAX_HEADER_BYTES} bytes", retryable=True
+            )
+        seconds, budget = exchange.timeout()
+        try:
+            data = sock.recv(min(BLOCK, MAX_HEADER_BYTES - len(buffer)))
+        except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
+            write = isinstance(exc, ssl.SSLWantWriteError)
+            if (yield from _wait(sock.fileno(), seconds, budget, write=write)):
+                raise exchange.expired(budget) from None
             continue
-        line_end = buffer.index(b"\n", start) + 1
-        version, status, reason = _status_line(bytes(buffer[start:line_end]))
-        headers = _fields(bytes(buffer[line_end:end]))
-        if 100 <= status < 200 and status != 101:
-            start = end  # an interim answer (100 Continue, 103 Early Hints): the next one
-            continue
-        fp = LoopFile(sock, exchange, bytes(buffer[end:]))
-        return Head(status, _reason(reason), headers, _will_close(version, headers), exchange, fp)
+        except OSError as exc:
+            if exchange.cancelled:
+                raise Cancelled() from exc
+            raise
+        if not data:
+            if exchange.cancelled:
+                raise Cancelled()
+            if not status and pos == len(buffer):
+                # Closed before answering (on a reused connection, the classic
+                # stale keep-alive race): a connection error, as http.client says.
+                raise http.client.RemoteDisconnected(
+                    "Remote end closed connection without response"
+                )
+            raise UpstreamProtocolError(
+                "the connection closed inside the response header block", retryable=True
+            )
+        buffer += data
 
 
 def _request_head(target: Target, headers: Mapping[str, str], length: int) -> bytes:
