@@ -2,6 +2,7 @@
 
 - ``memory CASE MODE``: peak RSS while the transport reads one hostile answer (a
   decompression bomb, a 1 GiB chunk, an event of 8 M short lines); prints JSON.
+  MODE ``astream`` reads the stream through ``Hub.astream`` on the event loop.
 - ``out-of-memory``: a real ``MemoryError`` while reading a body, under a capped
   address space; prints what reached the caller.
 
@@ -18,7 +19,7 @@ from typing import Any
 
 from tests.hostile import Flood, Hold, HostileServer, Read, Send, Step, chunk, chunked, head, sse
 
-from provhub import Limits, ProviderError, Timeouts, Transport, parse_chat_stream
+from provhub import Limits, ProvhubError, ProviderError, Timeouts, Transport, parse_chat_stream
 
 GIB = 1 << 30
 PAYLOAD = {"model": "m", "messages": [{"role": "user", "content": "hi"}], "stream": True}
@@ -40,6 +41,7 @@ def bomb(coding: str, block: bytes) -> bytes:
 
 
 def _script(case: str, mode: str) -> list[Step]:
+    mode = "stream" if mode == "astream" else mode
     ctype = "application/json" if mode == "json" else "text/event-stream"
     if case.startswith(("gzip", "deflate")):
         coding = case.split("_")[0]
@@ -63,8 +65,52 @@ def _stream(transport: Transport, url: str) -> Any:
     return parse_chat_stream(events, "p")
 
 
+def _astream_memory(case: str) -> dict[str, Any]:
+    """:func:`memory` through ``Hub.astream``: the loop reads the socket itself."""
+    import asyncio
+
+    from provhub import Config, Hub, StreamInterruptedError
+    from provhub_providers import OpenAICompatible
+
+    warm = [Read(), Send(head() + chunked(sse(["a", "b"]))), Hold()]
+    outcome: dict[str, Any] = {"error": None, "tokens": 0}
+    config = Config.from_mapping(
+        {"router": {"retries": 0, "timeouts": {"connect": 2, "first_token": 20, "total": 30}}}
+    )
+
+    async def read(hub: Hub) -> list[str]:
+        tokens = []
+        async with hub.astream("m", PAYLOAD["messages"]) as stream:
+            async for token in stream:
+                tokens.append(token)
+                outcome["tokens"] += 1
+        return tokens
+
+    with HostileServer([warm, _script(case, "astream")]) as server:
+        for phase in ("warm", "hostile"):
+            hub = Hub(config, load_plugins=False)  # a new pool: the next connection
+            hub.register(OpenAICompatible("p", server.base_url, ["m"]))
+            if phase == "warm":
+                assert asyncio.run(read(hub)) == ["a", "b"]
+                outcome["tokens"] = 0
+                baseline = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+            else:
+                try:
+                    asyncio.run(read(hub))
+                except ProvhubError as exc:
+                    cause = exc.cause if isinstance(exc, StreamInterruptedError) else exc.__cause__
+                    detail = cause.detail if isinstance(cause, ProviderError) else repr(exc)
+                    outcome["error"] = f"{type(cause).__name__}: {detail}"
+            hub.close()
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    outcome.update(baseline_mib=baseline / 1024, peak_mib=peak / 1024)
+    return outcome
+
+
 def memory(case: str, mode: str) -> dict[str, Any]:
     """Peak RSS growth (MiB) while one hostile answer is read, and how it ended."""
+    if mode == "astream":
+        return _astream_memory(case)
     warm = [Read(), Send(head() + chunked(sse(["a", "b"]))), Hold()]
     outcome: dict[str, Any] = {"error": None, "tokens": 0}
     with HostileServer([warm, _script(case, mode)]) as server:

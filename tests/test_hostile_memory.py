@@ -29,6 +29,12 @@ CASES = [
     ("one_gib_plain_chunk", "stream", "max_line_bytes", 48),
     ("one_gib_plain_chunk", "json", "max_response_bytes", 64 + 48),
     ("event_of_8m_short_lines", "stream", "max_event_bytes", 48),
+    # The same streams read on the event loop (Hub.astream, provhub._loopwire).
+    ("gzip_bomb", "astream", "max_line_bytes", 48),
+    ("gzip_bomb_events", "astream", "max_response_bytes", 48),
+    ("deflate_bomb_events", "astream", "max_response_bytes", 48),
+    ("one_gib_plain_chunk", "astream", "max_line_bytes", 48),
+    ("event_of_8m_short_lines", "astream", "max_event_bytes", 48),
 ]
 
 
