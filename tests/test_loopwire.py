@@ -304,3 +304,29 @@ def test_the_loop_pool_keeps_at_most_its_size_of_idle_connections(make_hub: Make
         hub.close()
         assert pool._idle == {}
         assert server.wait_for_disconnects(60, timeout=3.0)
+
+
+def test_a_name_lookup_that_hangs_ends_at_the_connect_budget(
+    make_hub: MakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # getaddrinfo cannot be interrupted; a resolver that hangs (a dead DNS server)
+    # must still cost the call no more than its connect budget.
+    import provhub._loopwire as loopwire
+
+    release = threading.Event()
+
+    def hanging_resolver(host: str, port: int) -> Any:
+        release.wait(5)
+        raise socket.gaierror(socket.EAI_AGAIN, "Temporary failure in name resolution")
+
+    monkeypatch.setattr(loopwire, "_resolve", hanging_resolver)
+    hub = make_hub(retries=0, timeouts={"connect": 0.3, "first_token": 5, "idle": 5, "total": 5})
+    hub.register(OpenAICompatible("up", "http://slow-dns.example/v1", ["m"]))
+    started = time.monotonic()
+    try:
+        error = failure(hub)
+    finally:
+        release.set()
+    assert time.monotonic() - started < 1.0
+    assert isinstance(error, UpstreamTimeoutError)
+    assert "within 0.3 s" in str(error)

@@ -715,12 +715,12 @@ class AsyncStream:
     async def _offload(self, job: Offload[Any]) -> None:
         loop = self._loop
         assert loop is not None
-        done: asyncio.Future[None] = loop.create_future()
+        done: asyncio.Future[bool] = loop.create_future()
 
         def run() -> None:
             job.run()
             try:
-                loop.call_soon_threadsafe(_resolve, done, None)
+                loop.call_soon_threadsafe(_resolve, done, False)
             except RuntimeError:  # the loop closed: nobody will take the result
                 job.abandon()
 
@@ -729,7 +729,12 @@ class AsyncStream:
             self._workers.submit(task)
         else:
             threading.Thread(target=task, name=_BUSY_NAME, daemon=True).start()
-        await done
+        timer = None if job.seconds is None else loop.call_later(job.seconds, _resolve, done, True)
+        try:
+            job.timed_out = await done
+        finally:
+            if timer is not None:
+                timer.cancel()
 
     def _abort(self) -> None:
         """End a loop-driven run now: abort its network call and close its generator."""

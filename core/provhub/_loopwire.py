@@ -77,13 +77,12 @@ class Target:
 class Conn:
     """One keep-alive connection of the loop pool (a non-blocking socket)."""
 
-    __slots__ = ("key", "reused", "sock", "verify")
+    __slots__ = ("key", "sock", "verify")
 
     def __init__(self, sock: socket.socket, key: tuple[bool, str, int], verify: bool) -> None:
         self.sock = sock
         self.key = key
         self.verify = verify
-        self.reused = False
 
     def close(self) -> None:
         """Close the socket (idempotent)."""
@@ -113,7 +112,6 @@ class LoopPool:
         self._maxsize = maxsize
         self._idle: dict[tuple[tuple[bool, str, int], bool], list[Conn]] = {}
         self._lock = threading.Lock()
-        self._closed = False
 
     def take(self, key: tuple[bool, str, int], verify: bool) -> Conn | None:
         """An idle connection to ``key``, or None."""
@@ -124,18 +122,16 @@ class LoopPool:
                     return None
                 conn = idle.pop()
             if not _dropped(conn.sock):
-                conn.reused = True
                 return conn
             conn.close()
 
     def put(self, conn: Conn) -> None:
         """Keep ``conn`` for the next request (or close it when the pool is full)."""
         with self._lock:
-            if not self._closed:
-                idle = self._idle.setdefault((conn.key, conn.verify), [])
-                if len(idle) < self._maxsize:
-                    idle.append(conn)
-                    return
+            idle = self._idle.setdefault((conn.key, conn.verify), [])
+            if len(idle) < self._maxsize:
+                idle.append(conn)
+                return
         conn.close()
 
     def close(self) -> None:
@@ -308,15 +304,22 @@ def _connect(
     """A connected (and, for https, TLS-established) non-blocking socket to ``target``."""
     deadline = time.monotonic() + seconds
     try:
-        address = ipaddress.ip_address(target.host)
+        address: ipaddress.IPv4Address | ipaddress.IPv6Address | None = ipaddress.ip_address(
+            target.host
+        )
     except ValueError:
+        address = None
+    if address is None:
         # A name: resolved on a worker (getaddrinfo blocks), within the connect budget.
-        lookup = Offload(lambda: _resolve(target.host, target.port))
+        lookup = Offload(lambda: _resolve(target.host, target.port), seconds=seconds)
         try:
             yield lookup
         except GeneratorExit:
             lookup.abandon()
             raise
+        if lookup.timed_out:
+            lookup.abandon()  # the resolver's thread ends on its own
+            raise ConnectTimeout(f"{target.host} did not resolve within {seconds:g} s")
         addresses = lookup.result()
     else:
         family = socket.AF_INET6 if address.version == 6 else socket.AF_INET

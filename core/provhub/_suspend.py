@@ -82,16 +82,37 @@ class Sleep(Suspend):
 class Offload(Suspend, Generic[T]):
     """Run ``fn`` on a worker thread; the generator takes the outcome with :meth:`result`.
 
-    Whoever abandons the wait (a cancelled consumer, a closed generator) calls
-    :meth:`abandon`: a result that arrives afterwards, or arrived unclaimed, is
-    handed to ``cleanup`` (closing the response it holds) instead of leaking.
+    Whoever abandons the wait (a cancelled consumer, a closed generator, a
+    generator that found ``timed_out``) calls :meth:`abandon`: a result that
+    arrives afterwards, or arrived unclaimed, is handed to ``cleanup`` (closing
+    the response it holds) instead of leaking. ``seconds`` bounds the wait when
+    ``fn`` is not bounded itself (a name lookup); the front end sets
+    ``timed_out`` when it ran out.
     """
 
-    __slots__ = ("_abandoned", "_done", "_error", "_lock", "_value", "cleanup", "fn")
+    __slots__ = (
+        "_abandoned",
+        "_done",
+        "_error",
+        "_lock",
+        "_value",
+        "cleanup",
+        "fn",
+        "seconds",
+        "timed_out",
+    )
 
-    def __init__(self, fn: Callable[[], T], cleanup: Callable[[T], None] | None = None) -> None:
+    def __init__(
+        self,
+        fn: Callable[[], T],
+        cleanup: Callable[[T], None] | None = None,
+        *,
+        seconds: float | None = None,
+    ) -> None:
         self.fn = fn
         self.cleanup = cleanup
+        self.seconds = seconds
+        self.timed_out = False
         self._lock = threading.Lock()
         self._value: Any = None
         self._error: BaseException | None = None

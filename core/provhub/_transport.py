@@ -532,8 +532,11 @@ class Transport:
     def _finish_loop(self, conn: Conn, head: Head, exchange: Exchange, reader: Body | None) -> None:
         """Give a loop-driven connection back to its pool if it is clean, else close it."""
         exchange.release()
-        if reader is not None and reader.clean and head.reusable and exchange.suspended:
-            self.loop_pool.put(conn)
+        pool = self._loop_pool  # None once the transport closed: nothing is kept then
+        # (exchange.suspended: its socket was not switched to blocking for a worker)
+        clean = reader is not None and reader.clean and head.reusable and exchange.suspended
+        if pool is not None and clean:
+            pool.put(conn)
         else:
             conn.close()
 
