@@ -442,8 +442,10 @@ class AsyncStream:
     Same metadata as the sync stream (``provider``, ``request_id``, ``attempts``,
     ``finish_reason``, ``usage``); ``await aclose()`` or ``async with`` releases
     the upstream connection (dropping an unfinished stream does too, when it is
-    garbage-collected). Cancelling the task that iterates it returns at once
-    and stops the worker.
+    garbage-collected, and so does the end of the ``asyncio.run()`` that started
+    it). Cancelling the task that iterates it returns at once and stops the
+    request. It runs on the event loop itself when every candidate provider is
+    ``asyncio_native`` and the hub's state is in memory, else on a worker thread.
     """
 
     def __init__(self, stream: Stream, workers: Workers | None = None) -> None:
