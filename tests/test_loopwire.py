@@ -330,3 +330,33 @@ def test_a_name_lookup_that_hangs_ends_at_the_connect_budget(
     assert time.monotonic() - started < 1.0
     assert isinstance(error, UpstreamTimeoutError)
     assert "within 0.3 s" in str(error)
+
+
+class Careless(OpenAICompatible):
+    """Declares asyncio_native, then drops what stream_sse yields besides bytes."""
+
+    asyncio_native = True
+
+    def create_completion(self, model: str, messages: Any, stream: bool, **kwargs: Any) -> Any:
+        from provhub import provider_call
+
+        with provider_call() as call:
+            url = call.base_url(self.url) + "/chat/completions"
+            payload = {"model": model, "messages": list(messages), "stream": True}
+            for data in call.stream_sse(url, payload, headers={}, provider=self.name):
+                if isinstance(data, bytes):
+                    yield data.decode()
+
+
+def test_a_provider_that_drops_the_loops_waits_fails_clearly_instead_of_spinning(
+    make_hub: MakeHub,
+) -> None:
+    with HostileServer(default=SERVE) as server:
+        hub = make_hub(retries=0, timeouts=FAST)
+        hub.register(Careless("careless", server.base_url, ["m"]))
+        started = time.monotonic()
+        error = failure(hub)
+    assert time.monotonic() - started < 1.0
+    assert isinstance(error, ProviderError)
+    assert error.retryable is False
+    assert "declares asyncio_native = True but dropped a wait" in str(error)

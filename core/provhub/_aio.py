@@ -681,7 +681,8 @@ class AsyncStream:
         assert loop is not None
         fd = wait.fd
         if fd < 0:
-            return  # closed meanwhile: the next read reports it
+            wait.timed_out = False  # closed meanwhile: the next read reports it
+            return
         ready: asyncio.Future[bool] = loop.create_future()
         write = wait.write
         pacer = self._pacer

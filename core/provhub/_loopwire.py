@@ -288,7 +288,7 @@ def _wait(
     """Yield one wait for the loop; whether it timed out."""
     wait = Readable(fd, seconds, budget, write=write)
     yield wait
-    return wait.timed_out
+    return wait.waited()
 
 
 def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:

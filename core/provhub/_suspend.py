@@ -23,7 +23,9 @@ import threading
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-__all__ = ["Offload", "Readable", "Sleep", "Suspend", "WouldBlock"]
+from provhub._errors import ProviderError
+
+__all__ = ["Offload", "Readable", "Sleep", "Suspend", "SuspensionDropped", "WouldBlock"]
 
 T = TypeVar("T")
 
@@ -32,6 +34,22 @@ class Suspend:
     """A point where a request driven by the event loop waits (yielded, never shown to callers)."""
 
     __slots__ = ()
+
+
+class SuspensionDropped(ProviderError):
+    """The provider resumed the transport without the loop having waited (a spec breach).
+
+    An ``asyncio_native`` provider must pass every object ``stream_sse`` yields
+    besides ``bytes`` on; one that drops them would spin on the socket instead.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(
+            "the provider declares asyncio_native = True but dropped a wait that "
+            "call.stream_sse yielded: yield every item that is not bytes on unchanged "
+            "(parse_chat_stream does), or remove asyncio_native",
+            retryable=False,
+        )
 
 
 class WouldBlock(Exception):
@@ -62,7 +80,14 @@ class Readable(Suspend):
         self.seconds = seconds
         self.budget = budget
         self.write = write
-        self.timed_out = False
+        self.timed_out: bool | None = None  # set by the front end once it waited
+
+    def waited(self) -> bool:
+        """Whether the wait timed out; raises :class:`SuspensionDropped` if nobody waited."""
+        timed_out = self.timed_out
+        if timed_out is None:
+            raise SuspensionDropped()
+        return timed_out
 
     @classmethod
     def of(cls, wait: WouldBlock) -> Readable:
@@ -135,6 +160,8 @@ class Offload(Suspend, Generic[T]):
 
     def result(self) -> T:
         """The value ``fn`` returned (the caller owns it now), or raise what it raised."""
+        if not self._done and not self.timed_out:
+            raise SuspensionDropped()
         with self._lock:
             value, error = self._value, self._error
             self._value = self._error = None

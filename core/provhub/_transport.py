@@ -859,7 +859,7 @@ class Transport:
                         except WouldBlock as wait:
                             readable = Readable.of(wait)
                             yield readable  # type: ignore[misc]
-                            if readable.timed_out:
+                            if readable.waited():
                                 raise exchange.expired(wait.budget) from None
                             continue
                     if not block:
@@ -910,7 +910,7 @@ class Transport:
                 except WouldBlock as wait:
                     readable = Readable.of(wait)
                     yield readable  # type: ignore[misc]
-                    if readable.timed_out:
+                    if readable.waited():
                         break
         finally:
             finish()

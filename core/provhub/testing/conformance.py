@@ -23,6 +23,8 @@ suites that want to pick and choose. The checks:
   retryable failure from a final one, and a hub does retry a 503;
 * closing the stream early closes the upstream connection, called directly and
   through a hub;
+* ``hub.astream`` delivers the same answer and leaving it early closes the
+  connection (on the event loop for an ``asyncio_native`` provider);
 * an ``{"error": ...}`` object inside a 200 answer is a typed, retryable failure
   before any token, and a :class:`~provhub.StreamInterruptedError` keeping the
   tokens after some;
@@ -366,6 +368,43 @@ def check_early_close(h: Harness, *, via_hub: bool) -> None:
     )
 
 
+def check_astream(h: Harness) -> None:
+    """``hub.astream`` delivers the same answer, and an early ``aclose`` closes the connection.
+
+    For an ``asyncio_native`` provider this runs on the event loop itself, where a
+    provider that drops the transport's waits fails (see the plugin guide);
+    otherwise on a worker thread.
+    """
+    import asyncio
+
+    if not h.streams:
+        pytest.skip("the provider does not claim supports_stream")
+    hub = h.hub(retries=0)
+    h.upstream.script(ANSWER)
+
+    async def whole() -> str:
+        async with hub.astream(h.model, MESSAGES) as stream:
+            return "".join([token async for token in stream])
+
+    text = asyncio.run(whole())
+    assert text == ANSWER.text(), (
+        f"hub.astream delivered {text!r}; the upstream answered {ANSWER.text()!r}"
+    )
+    h.upstream.script(Behaviour(chunks=50, fault=Fault.HANG_BETWEEN_CHUNKS, fault_after=2))
+
+    async def first() -> str:
+        async with hub.astream(h.model, MESSAGES) as stream:
+            async for token in stream:
+                return token
+        return ""
+
+    assert asyncio.run(first()), "no token arrived through hub.astream"
+    assert h.upstream.wait_for_disconnects(1, timeout=h.disconnect_timeout), (
+        "leaving an astream early did not close the upstream connection within "
+        f"{h.disconnect_timeout} s"
+    )
+
+
 def check_error_object_in_200_answer(h: Harness, *, after_tokens: bool) -> None:
     """An ``{"error": ...}`` object inside a 200 answer is a typed failure.
 
@@ -659,6 +698,12 @@ class ProviderConformance:
     ) -> None:
         """Closing a stream early closes the upstream connection."""
         check_early_close(provhub_conformance, via_hub=via_hub)
+
+    def test_astream_delivers_the_answer_and_closes_early(
+        self, provhub_conformance: Harness
+    ) -> None:
+        """``hub.astream``: the same answer; leaving early closes the connection."""
+        check_astream(provhub_conformance)
 
     @pytest.mark.parametrize("after_tokens", [False, True], ids=["before", "after_tokens"])
     def test_error_object_in_a_200_answer_is_a_typed_failure(
