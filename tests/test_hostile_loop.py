@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import threading
 import time
 from collections.abc import Callable
 from typing import Any
@@ -30,6 +31,7 @@ from provhub_providers import OpenAICompatible
 MakeHub = Callable[..., Hub]
 
 STREAM_CASES = [name for name, case in CASES.items() if case.mode == "stream"]
+JSON_CASES = [name for name, case in CASES.items() if case.mode == "json"]
 # Where the hub's answer differs from the transport's outcome: a JSON completion
 # sent for a stream request is the transport's JSONAnswerError, and the
 # provider's answer.
@@ -148,6 +150,76 @@ def test_hostile_case_through_astream_on_the_loop_ends_as_on_the_sync_path(
     if error is not None:
         assert type(_underlying(sync_error)) is type(_underlying(error))  # type: ignore[arg-type]
     assert sync_collected == collected
+
+
+async def _acomplete(hub: Hub) -> tuple[str | None, BaseException | None, float]:
+    async with Lag() as lag:
+        try:
+            answer = await hub.acomplete("m", [{"role": "user", "content": "hi"}])
+        except Exception as exc:  # the outcome under test
+            return None, exc, lag.worst
+    return answer.text, None, lag.worst
+
+
+def _complete(hub: Hub) -> tuple[str | None, BaseException | None]:
+    try:
+        return hub.complete("m", [{"role": "user", "content": "hi"}]).text, None
+    except Exception as exc:
+        return None, exc
+
+
+@pytest.mark.parametrize("name", JSON_CASES)
+def test_hostile_json_case_through_acomplete_on_the_loop_ends_as_on_the_sync_path(
+    name: str, make_hub: MakeHub
+) -> None:
+    case = CASES[name]
+    with HostileServer([case.script]) as server:
+        hub = _hub(make_hub, server.base_url, case)
+        started = time.monotonic()
+        text, error, lag = asyncio.run(_acomplete(hub))
+        elapsed = time.monotonic() - started
+        assert len(server.requests) == 1
+    if case.error is None:
+        assert error is None, repr(error)
+        assert text == case.text
+    else:
+        assert error is not None, f"no error; answer {text!r}"
+        cause = _underlying(error)
+        assert isinstance(cause, case.error), repr(cause)
+        assert isinstance(cause, ProviderError)
+        assert re.search(case.match, str(cause)), str(cause)
+        assert cause.retryable is case.retryable
+        assert cause.host == f"127.0.0.1:{server.port}"
+    assert case.min_time <= elapsed < case.within, f"{elapsed=:.2f}"
+    assert lag < 0.25, f"the event loop was held for {lag * 1000:.0f} ms"
+    with HostileServer([case.script]) as server:
+        sync_text, sync_error = _complete(_hub(make_hub, server.base_url, case))
+    assert sync_text == text
+    assert type(sync_error) is type(error)
+    if error is not None:
+        assert type(_underlying(sync_error)) is type(_underlying(error))  # type: ignore[arg-type]
+
+
+def test_acomplete_runs_on_the_loop_and_reuses_its_connection(make_hub: MakeHub) -> None:
+    from tests.hostile import completion_json
+    from tests.test_hostile_transport import _json_body
+
+    reply = Repeat((Read(), Send(_json_body(completion_json("Hi")))))
+    with HostileServer(default=[reply]) as server:
+        hub = make_hub()
+        hub.register(OpenAICompatible("hostile", server.base_url, ["m"]))
+
+        async def main() -> list[str]:
+            return [
+                (await hub.acomplete("m", [{"role": "user", "content": "hi"}])).text
+                for _ in range(3)
+            ]
+
+        assert asyncio.run(main()) == ["Hi"] * 3
+        assert server.connections == 1
+        assert b'"stream":false' in server.requests[0]
+        workers = [t for t in threading.enumerate() if t.name.startswith("provhub-astream")]
+        assert workers == []
 
 
 def test_loop_streams_reuse_one_keepalive_connection(make_hub: MakeHub) -> None:

@@ -36,10 +36,12 @@ class CallContext:
     calls...): a hub does; a direct caller of ``create_completion`` gets ``str``
     tokens only. ``cancel`` is set when the caller gives up (a provider that does
     not use the transport polls ``cancel.cancelled`` between tokens).
-    ``suspend`` is set when ``Hub.astream`` drives the call on its event loop (only
-    for a provider that declares ``asyncio_native``): :meth:`stream_sse` then
-    yields :class:`~provhub._suspend.Suspend` objects between events, which the
-    provider passes on as they are (:func:`~provhub.parse_chat_stream` does).
+    ``suspend`` is set when ``Hub.astream``/``Hub.acomplete`` drive the call on
+    their event loop (only for a provider that declares ``asyncio_native``):
+    :meth:`stream_sse` then yields :class:`~provhub._suspend.Suspend` objects
+    between events, which the provider passes on as they are
+    (:func:`~provhub.parse_chat_stream` does), and :meth:`fetch_json` yields them
+    to its ``yield from``.
     """
 
     transport: Transport
@@ -106,6 +108,27 @@ class CallContext:
             provider=provider,
             verify=self.verify_tls,
             cancel=self.cancel,
+        )
+
+    def fetch_json(
+        self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
+    ) -> Generator[Any, None, Any]:
+        """:meth:`post_json` for an ``asyncio_native`` provider: ``answer = yield from ...``.
+
+        On the event loop the waits are yielded (``yield from`` passes them on);
+        anywhere else it yields nothing and returns the JSON answer.
+        """
+        sent = {**headers, **self.headers}
+        self._sent.append(sent)
+        return self.transport.fetch_json(
+            url,
+            payload,
+            headers=sent,
+            timeouts=self.timeouts,
+            provider=provider,
+            verify=self.verify_tls,
+            cancel=self.cancel,
+            suspend=self.suspend,
         )
 
     def base_url(self, default: str | None, env_var: str | None = None) -> str:

@@ -197,16 +197,11 @@ class Run:
     def can_suspend(self) -> bool:
         """Whether an event loop can drive this run itself (:mod:`provhub._suspend`).
 
-        True for a streamed request whose every candidate declares
-        ``asyncio_native`` and whose state store never waits on the network.
+        True when every candidate declares ``asyncio_native`` and the state store
+        never waits on the network.
         """
-        return (
-            self.request.stream
-            and isinstance(self._deps.state, MemoryStateStore)
-            and all(
-                getattr(c.info.provider, "asyncio_native", False) is True
-                for c in self.plan.candidates
-            )
+        return isinstance(self._deps.state, MemoryStateStore) and all(
+            getattr(c.info.provider, "asyncio_native", False) is True for c in self.plan.candidates
         )
 
     @property

@@ -181,12 +181,13 @@ class AbstractProvider(ABC):
     and answer together); the router never falls back to a smaller window than a
     request needs (SPEC §14). A model it does not name has an unknown window.
 
-    ``asyncio_native = True`` lets ``Hub.astream`` drive the provider on its
-    event loop instead of a worker thread. Declare it only when
-    ``create_completion`` does all its I/O through
-    ``provider_call().stream_sse(...)`` and passes every object that iterator
-    yields besides ``bytes`` on unchanged, as it came (``parse_chat_stream``
-    does): those are the points where the loop waits.
+    ``asyncio_native = True`` lets ``Hub.astream``/``Hub.acomplete`` drive the
+    provider on their event loop instead of a worker thread. Declare it only
+    when ``create_completion`` does all its I/O through
+    ``provider_call().stream_sse(...)``, passing every object that iterator
+    yields besides ``bytes`` on unchanged (``parse_chat_stream`` does), and
+    ``answer = yield from provider_call().fetch_json(...)``: those are the
+    points where the loop waits.
     """
 
     name: str = "AbstractProvider"

@@ -241,6 +241,16 @@ def _original(exc: BaseException) -> BaseException:
 _READ_ERRORS = (Expired, Cancelled, Ended, OSError, http.client.HTTPException)
 
 
+def _completed(steps: Generator[Readable, None, Any]) -> Any:
+    """Run ``steps`` to its end where nothing waits (a blocking socket): its value."""
+    try:
+        next(steps)
+    except StopIteration as done:
+        return done.value
+    steps.close()
+    raise AssertionError("a blocking read asked the event loop to wait")  # pragma: no cover
+
+
 def _response_of(head: Head, url: str) -> requests.Response:
     """A loop-read response head as ``requests`` would show it (for errors and checks)."""
     response = requests.Response()
@@ -471,10 +481,12 @@ class Transport:
         provider: str,
         verify: bool | None,
         cancel: CancelToken | None,
+        *,
+        stream: bool,
     ) -> Generator[Suspend, None, tuple[Head, Exchange, Body, Callable[[], None]]]:
-        """:meth:`_open` for a stream driven on the event loop (:mod:`provhub._loopwire`)."""
+        """:meth:`_open` for a request driven on the event loop (:mod:`provhub._loopwire`)."""
         started = time.monotonic()
-        body, all_headers = self._prepare(payload, headers, provider, True)
+        body, all_headers = self._prepare(payload, headers, provider, stream)
         all_headers.setdefault("user-agent", _USER_AGENT)
         exchange = Exchange(timeouts, started, cancel)
         connect = max(0.001, min(timeouts.connect, timeouts.total))
@@ -513,7 +525,7 @@ class Transport:
                     url,
                     provider,
                     all_headers,
-                    True,
+                    stream,
                 )
             )
             try:
@@ -712,12 +724,30 @@ class Transport:
         headers: Mapping[str, str],
     ) -> Any:
         """Read a whole JSON body within the first-token budget and decode it."""
+        return _completed(self._json_steps(exchange, reader, provider, host, headers))
+
+    def _json_steps(
+        self,
+        exchange: Exchange,
+        reader: Body,
+        provider: str,
+        host: str | None,
+        headers: Mapping[str, str],
+    ) -> Generator[Readable, None, Any]:
+        """:meth:`_read_json`, yielding the waits when the loop reads the socket."""
         # One growing buffer: a list of blocks joined at the end would hold the
         # body twice at its peak.
         data = bytearray()
         try:
             while True:
-                block = reader.read()
+                try:
+                    block = reader.read()
+                except WouldBlock as wait:
+                    readable = Readable.of(wait)
+                    yield readable
+                    if readable.waited():
+                        raise exchange.expired(wait.budget) from None
+                    continue
                 if not block:
                     break
                 data += block
@@ -772,6 +802,55 @@ class Transport:
         finally:
             self._finish(response, exchange, reader)
 
+    def fetch_json(
+        self,
+        url: str,
+        payload: Mapping[str, Any],
+        *,
+        headers: Mapping[str, str],
+        timeouts: Timeouts,
+        provider: str,
+        verify: bool | None = None,
+        cancel: CancelToken | None = None,
+        suspend: bool = False,
+    ) -> Generator[Suspend, None, Any]:
+        """:meth:`post_json` as a generator: ``answer = yield from transport.fetch_json(...)``.
+
+        Without ``suspend`` it yields nothing and returns what :meth:`post_json`
+        returns. With it (the asyncio front end's mode) the request is sent and the
+        answer read on a non-blocking socket, and the waits are yielded, as
+        :meth:`stream_sse` does.
+        """
+        target = self._loop_target(url) if suspend else None
+        sending = functools.partial(
+            self.post_json,
+            url,
+            payload,
+            headers=headers,
+            timeouts=timeouts,
+            provider=provider,
+            verify=verify,
+            cancel=cancel,
+        )
+        if target is None:
+            if not suspend:
+                return sending()
+            # Through a proxy: requests sends it, on a worker.
+            offload: Offload[Any] = Offload(sending)
+            try:
+                yield offload
+            except GeneratorExit:
+                offload.abandon()
+                raise
+            return offload.result()
+        _, exchange, reader, finish = yield from self._open_on_loop(
+            target, url, payload, headers, timeouts, provider, verify, cancel, stream=False
+        )
+        try:
+            return (yield from self._json_steps(exchange, reader, provider, _host(url), headers))
+        finally:
+            finish()
+
     def stream_sse(
         self,
         url: str,
@@ -805,7 +884,7 @@ class Transport:
         head: Head | None = None
         if target is not None:
             head, exchange, reader, finish = yield from self._open_on_loop(  # type: ignore[misc]
-                target, url, payload, headers, timeouts, provider, verify, cancel
+                target, url, payload, headers, timeouts, provider, verify, cancel, stream=True
             )
             content_type = head.headers.get("content-type")
         else:

@@ -45,7 +45,7 @@ class OpenAICompatible(AbstractProvider):
 
     supports_stream = True
     models_path = "/models"
-    # All its I/O is stream_sse, and parse_chat_stream passes suspensions on.
+    # All its I/O is stream_sse and fetch_json, whose waits it passes on.
     asyncio_native = True
 
     def __init__(
@@ -157,7 +157,9 @@ class OpenAICompatible(AbstractProvider):
                     finally:
                         events.close()
                 else:
-                    answer = call.post_json(url, payload, headers=headers, provider=self.name)
+                    answer = yield from call.fetch_json(
+                        url, payload, headers=headers, provider=self.name
+                    )
                     yield from parse_chat_completion(answer, self.name, markers=call.markers)
         except ProviderError as exc:
             _classify(exc)
