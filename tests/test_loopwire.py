@@ -360,3 +360,18 @@ def test_a_provider_that_drops_the_loops_waits_fails_clearly_instead_of_spinning
     assert isinstance(error, ProviderError)
     assert error.retryable is False
     assert "declares asyncio_native = True but dropped a wait" in str(error)
+
+
+def test_event_loops_that_ran_streams_are_not_kept_alive(make_hub: MakeHub) -> None:
+    import gc
+
+    import provhub._aio as aio
+
+    with HostileServer(default=SERVE) as server:
+        hub = one_hub(make_hub, server.base_url)
+        for _ in range(20):
+            assert asyncio.run(collect(hub)) == TEXT
+        gc.collect()
+    loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]
+    assert [loop for loop in loops if loop.is_closed()] == []
+    assert len(aio._pacers) == 0

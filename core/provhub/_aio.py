@@ -216,7 +216,8 @@ class _Pacer:
     __slots__ = ("_cost", "_loop", "_queue", "_scheduled", "spent")
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
+        # Weak: the pacer is the value of a WeakKeyDictionary keyed by the loop.
+        self._loop = weakref.ref(loop)
         self._scheduled = False
         self._queue: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
         self._cost = 50e-6  # running estimate of one resumption
@@ -230,7 +231,7 @@ class _Pacer:
         """
         if self.spent <= _TURN and (first or not self._queue):
             return
-        waiter: asyncio.Future[Any] = self._loop.create_future()
+        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
         if first:
             self._queue.appendleft((waiter, None))
         else:
@@ -267,8 +268,10 @@ class _Pacer:
 
     def _schedule(self) -> None:
         if not self._scheduled:
-            self._scheduled = True
-            self._loop.call_soon(self._next_iteration)
+            loop = self._loop()
+            if loop is not None:
+                self._scheduled = True
+                loop.call_soon(self._next_iteration)
 
     def _next_iteration(self) -> None:
         self._scheduled = False
