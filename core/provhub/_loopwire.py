@@ -38,7 +38,7 @@ from urllib.parse import urlsplit
 
 from provhub._errors import ProviderError, UpstreamProtocolError
 from provhub._exchange import BLOCK, MAX_HEADER_BYTES, Cancelled, Exchange, framing_of
-from provhub._suspend import Offload, Readable, Suspend, WouldBlock
+from provhub._suspend import Offload, Suspend, WouldBlock, waiting
 
 __all__ = ["Conn", "ConnectTimeout", "Head", "LoopFile", "LoopPool", "Target", "exchange_head"]
 
@@ -282,15 +282,6 @@ class LoopFile:
         self._sock.setblocking(True)
 
 
-def _wait(
-    fd: int, seconds: float, budget: str, *, write: bool = False
-) -> Generator[Suspend, None, bool]:
-    """Yield one wait for the loop; whether it timed out."""
-    wait = Readable(fd, seconds, budget, write=write)
-    yield wait
-    return wait.waited()
-
-
 def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:
     return [
         (family, address)
@@ -334,7 +325,7 @@ def _connect(
             code = sock.connect_ex(sockaddr)
             if code in _CONNECTING:
                 left = deadline - time.monotonic()
-                if left <= 0 or (yield from _wait(sock.fileno(), left, "connect", write=True)):
+                if left <= 0 or (yield from waiting(sock.fileno(), left, "connect", write=True)):
                     raise ConnectTimeout(f"no connection within {seconds:g} s")
                 code = sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
             if exchange.cancelled:
@@ -377,7 +368,7 @@ def _handshake(
         except ssl.SSLWantWriteError:
             write = True
         left = deadline - time.monotonic()
-        if left <= 0 or (yield from _wait(tls.fileno(), left, "connect", write=write)):
+        if left <= 0 or (yield from waiting(tls.fileno(), left, "connect", write=write)):
             tls.close()
             raise ConnectTimeout(f"no TLS handshake within {seconds:g} s")
         if exchange.cancelled:
@@ -403,7 +394,7 @@ def _send(sock: socket.socket, data: bytes, exchange: Exchange) -> Generator[Sus
         else:
             view = view[sent:]
             continue
-        if (yield from _wait(sock.fileno(), seconds, budget, write=write)):
+        if (yield from waiting(sock.fileno(), seconds, budget, write=write)):
             raise exchange.expired(budget)
 
 
@@ -478,7 +469,7 @@ def _read_head(sock: socket.socket, exchange: Exchange) -> Generator[Suspend, No
             data = sock.recv(min(BLOCK, MAX_HEADER_BYTES - len(buffer)))
         except (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError) as exc:
             write = isinstance(exc, ssl.SSLWantWriteError)
-            if (yield from _wait(sock.fileno(), seconds, budget, write=write)):
+            if (yield from waiting(sock.fileno(), seconds, budget, write=write)):
                 raise exchange.expired(budget) from None
             continue
         except OSError as exc:

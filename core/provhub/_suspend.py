@@ -20,12 +20,20 @@ from __future__ import annotations
 
 import contextlib
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Generator
 from typing import Any, Generic, TypeVar
 
 from provhub._errors import ProviderError
 
-__all__ = ["Offload", "Readable", "Sleep", "Suspend", "SuspensionDropped", "WouldBlock"]
+__all__ = [
+    "Offload",
+    "Readable",
+    "Sleep",
+    "Suspend",
+    "SuspensionDropped",
+    "WouldBlock",
+    "waiting",
+]
 
 T = TypeVar("T")
 
@@ -66,6 +74,10 @@ class WouldBlock(Exception):
         self.budget = budget
         self.write = write
 
+    def waiting(self) -> Generator[Readable, None, bool]:
+        """The wait it asks for: ``timed_out = yield from wait.waiting()``."""
+        return waiting(self.fd, self.seconds, self.budget, write=self.write)
+
 
 class Readable(Suspend):
     """Wait until the socket ``fd`` is readable (``write``: writable), at most ``seconds``.
@@ -89,10 +101,14 @@ class Readable(Suspend):
             raise SuspensionDropped()
         return timed_out
 
-    @classmethod
-    def of(cls, wait: WouldBlock) -> Readable:
-        """The wait a :class:`WouldBlock` asks for."""
-        return cls(wait.fd, wait.seconds, wait.budget, write=wait.write)
+
+def waiting(
+    fd: int, seconds: float, budget: str, *, write: bool = False
+) -> Generator[Readable, None, bool]:
+    """Yield one :class:`Readable` for the loop; return whether it timed out."""
+    wait = Readable(fd, seconds, budget, write=write)
+    yield wait
+    return wait.waited()
 
 
 class Sleep(Suspend):

@@ -743,9 +743,7 @@ class Transport:
                 try:
                     block = reader.read()
                 except WouldBlock as wait:
-                    readable = Readable.of(wait)
-                    yield readable
-                    if readable.waited():
+                    if (yield from wait.waiting()):
                         raise exchange.expired(wait.budget) from None
                     continue
                 if not block:
@@ -873,8 +871,9 @@ class Transport:
         the pool.
 
         ``suspend`` (the asyncio front end's mode, :mod:`provhub._suspend`): the
-        blocking send goes to a worker thread and the body is read without
-        blocking; :class:`~provhub._suspend.Suspend` objects are yielded between
+        request is sent and the answer read on a non-blocking socket
+        (:mod:`provhub._loopwire`; through a proxy, ``requests`` sends it on a
+        worker), and :class:`~provhub._suspend.Suspend` objects are yielded between
         the events, for the event loop to wait on.
         """
         target = self._loop_target(url) if suspend else None
@@ -936,9 +935,7 @@ class Transport:
                         try:
                             block = read()
                         except WouldBlock as wait:
-                            readable = Readable.of(wait)
-                            yield readable  # type: ignore[misc]
-                            if readable.waited():
+                            if (yield from wait.waiting()):  # type: ignore[misc]
                                 raise exchange.expired(wait.budget) from None
                             continue
                     if not block:
@@ -987,9 +984,7 @@ class Transport:
                     reader.drain_rest(_DRAIN_BYTES)
                     break
                 except WouldBlock as wait:
-                    readable = Readable.of(wait)
-                    yield readable  # type: ignore[misc]
-                    if readable.waited():
+                    if (yield from wait.waiting()):  # type: ignore[misc]
                         break
         finally:
             finish()
