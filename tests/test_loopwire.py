@@ -365,7 +365,7 @@ def test_a_provider_that_drops_the_loops_waits_fails_clearly_instead_of_spinning
 def test_event_loops_that_ran_streams_are_not_kept_alive(make_hub: MakeHub) -> None:
     import gc
 
-    import provhub._aio as aio
+    import provhub._pacer as pacer
 
     with HostileServer(default=SERVE) as server:
         hub = one_hub(make_hub, server.base_url)
@@ -374,4 +374,4 @@ def test_event_loops_that_ran_streams_are_not_kept_alive(make_hub: MakeHub) -> N
         gc.collect()
     loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]
     assert [loop for loop in loops if loop.is_closed()] == []
-    assert len(aio._pacers) == 0
+    assert len(pacer._pacers) == 0

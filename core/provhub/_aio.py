@@ -4,10 +4,10 @@ Providers are synchronous generators. A stream whose every candidate declares
 ``asyncio_native`` (the built-in OpenAI-compatible providers) is driven on the
 event loop itself: where it would block it yields a
 :class:`~provhub._suspend.Suspend`, which the stream awaits (the socket becoming
-readable, a worker sending the request, a backoff). Tokens then cost no thread
-hand-off, and a thousand streams cost no thousand threads. The streams charge
-the loop time they use to a per-loop :class:`_Pacer`, which hands the other
-coroutines a turn after every ``_TURN`` (2 ms) of it.
+readable, a worker resolving a host name, a backoff). Tokens then cost no
+thread hand-off, and a thousand streams cost no thousand threads. The streams
+charge the loop time they use to a per-loop :class:`~provhub._pacer.Pacer`,
+which hands the other coroutines a turn after every 2 ms of it.
 
 Any other stream runs its :class:`~provhub.Stream` on a worker thread (with the
 caller's contextvars, so host-bound structlog context appears on events).
@@ -43,6 +43,7 @@ from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from provhub._gate import Gate, pause, resume, worker
+from provhub._pacer import TURN, Pacer, pacer_for
 from provhub._suspend import Offload, Readable, Sleep, Suspend
 
 if TYPE_CHECKING:
@@ -66,11 +67,6 @@ _CLOSE_WAIT = 0.1
 _CANCEL_WAIT = 0.05
 # An idle worker (and the spawner) exits after this long without work.
 _IDLE_SECONDS = 2.0
-# Most time loop-driven streams together spend resuming in one loop iteration;
-# past it, the others resume in the next one (see _Pacer).
-_TURN = 0.002
-# The least a resumption is assumed to cost (a wake-up and a task step).
-_MIN_COST = 20e-6
 _BUSY_NAME = "provhub-astream"
 _IDLE_NAME = "provhub-astream-idle"
 
@@ -199,102 +195,6 @@ class Workers:
                     local.slot = None
                 local.gate = None
                 me.name = _IDLE_NAME
-
-
-class _Pacer:
-    """Spreads the work of many loop-driven streams over the loop's iterations.
-
-    Hundreds of streams whose sockets became readable at once would all resume
-    in one iteration of the loop, and every other coroutine would wait for the
-    lot (500 streams started together held the loop for 160 ms). Streams charge
-    the loop time they use; once an iteration has spent :data:`_TURN`, a
-    stream that wants to go on waits in a queue, and each later iteration lets
-    as many resume, in order, as its estimated cost per resumption fits in
-    :data:`_TURN`.
-    """
-
-    __slots__ = ("_cost", "_loop", "_queue", "_scheduled", "spent")
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        # Weak: the pacer is the value of a WeakKeyDictionary keyed by the loop.
-        self._loop = weakref.ref(loop)
-        self._scheduled = False
-        self._queue: collections.deque[tuple[asyncio.Future[Any], Any]] = collections.deque()
-        self._cost = 50e-6  # running estimate of one resumption
-        self.spent = 0.0
-
-    async def turn(self, *, first: bool = False) -> None:
-        """Wait for an iteration with time left (at once when this one has some).
-
-        ``first``: a stream let in by the estimate found the iteration spent
-        after all; it goes first next time.
-        """
-        if self.spent <= _TURN and (first or not self._queue):
-            return
-        waiter: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
-        if first:
-            self._queue.appendleft((waiter, None))
-        else:
-            self._queue.append((waiter, None))
-        self._schedule()
-        await waiter
-
-    def wake(self, waiter: asyncio.Future[Any], value: Any) -> None:
-        """Resolve ``waiter`` now if this iteration has time left, else in its turn.
-
-        Called where a socket became ready, before the stream's task is even
-        scheduled: a stream that waits for its turn costs the loop nothing.
-        """
-        if self.spent <= _TURN and not self._queue:
-            if not waiter.done():
-                waiter.set_result(value)
-            return
-        self._queue.append((waiter, value))
-        self._schedule()
-
-    def charge(self, seconds: float, resumption: float | None = None) -> None:
-        """Count ``seconds`` of loop time against this iteration.
-
-        ``resumption``: what one resumption of a stream took in all (from its
-        wake-up to its next wait), for the estimate of how many fit in a turn.
-        """
-        self.spent += seconds
-        if resumption is not None:
-            # Quick to rise, slow to fall: letting too many in costs the loop's lag.
-            cost = self._cost
-            cost = (cost + resumption) / 2 if resumption > cost else cost * 0.95
-            self._cost = max(cost, _MIN_COST)
-        self._schedule()
-
-    def _schedule(self) -> None:
-        if not self._scheduled:
-            loop = self._loop()
-            if loop is not None:
-                self._scheduled = True
-                loop.call_soon(self._next_iteration)
-
-    def _next_iteration(self) -> None:
-        self._scheduled = False
-        self.spent = 0.0
-        queue = self._queue
-        room = _TURN
-        while queue and room > 0:
-            waiter, value = queue.popleft()
-            if not waiter.done():
-                waiter.set_result(value)
-                room -= self._cost
-        if queue:
-            self._schedule()
-
-
-_pacers: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, _Pacer] = weakref.WeakKeyDictionary()
-
-
-def _pacer(loop: asyncio.AbstractEventLoop) -> _Pacer:
-    pacer = _pacers.get(loop)
-    if pacer is None:
-        pacer = _pacers[loop] = _Pacer(loop)
-    return pacer
 
 
 class _Channel:
@@ -464,7 +364,7 @@ class AsyncStream:
         self._mark = 0.0  # when the loop time this stream used was last charged
         self._resumed = 0.0  # when it last woke up
         self._count = 0
-        self._pacer: _Pacer | None = None
+        self._pacer: Pacer | None = None
         self._guard: AsyncGenerator[None, None] | None = None
 
     def __del__(self) -> None:
@@ -570,7 +470,7 @@ class AsyncStream:
             run.suspend = True
             self._gen = self._stream._start(text_only)
             self._loop = loop
-            self._pacer = _pacer(loop)
+            self._pacer = pacer_for(loop)
             self._mark = self._resumed = time.perf_counter()
             # A stream still referenced when asyncio.run() ends its loop is closed
             # then: the loop closes the async generators it saw start.
@@ -642,7 +542,7 @@ class AsyncStream:
                 if item is None:
                     pass
                 elif type(item) is Readable:
-                    await self._readable(item)  # woken in its turn (see _Pacer.wake)
+                    await self._readable(item)  # woken in its turn (see Pacer.wake)
                 elif type(item) is Offload:
                     await self._offload(item)
                 elif type(item) is Sleep:
@@ -671,7 +571,7 @@ class AsyncStream:
         now = time.perf_counter()
         pacer.charge(now - self._mark)
         self._mark = now
-        if pacer.spent > _TURN:
+        if pacer.spent > TURN:
             try:
                 await pacer.turn()
             except asyncio.CancelledError:
@@ -816,7 +716,7 @@ def _ready(
     fd: int,
     write: bool,
     future: asyncio.Future[bool],
-    pacer: _Pacer | None,
+    pacer: Pacer | None,
 ) -> None:
     """The socket is ready: stop watching it at once (epoll would report it again
     on every iteration until the stream resumes), and wake the stream in its turn."""
