@@ -38,6 +38,7 @@ from urllib.parse import urlsplit
 
 from provhub._errors import ProviderError, UpstreamProtocolError
 from provhub._exchange import BLOCK, MAX_HEADER_BYTES, Cancelled, Exchange, framing_of
+from provhub._gate import pause, resume
 from provhub._suspend import Offload, Suspend, WouldBlock, waiting
 
 __all__ = ["Conn", "ConnectTimeout", "Head", "LoopFile", "LoopPool", "Target", "exchange_head"]
@@ -283,10 +284,13 @@ class LoopFile:
 
 
 def _resolve(host: str, port: int) -> list[tuple[socket.AddressFamily, tuple[Any, ...]]]:
-    return [
-        (family, address)
-        for family, _, _, _, address in socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
-    ]
+    # On a worker: its admission slot is given back while the resolver blocks.
+    gate = pause()
+    try:
+        found = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)
+    finally:
+        resume(gate)
+    return [(family, address) for family, _, _, _, address in found]
 
 
 def _connect(
