@@ -56,6 +56,7 @@ __all__ = [
     "Response",
     "exchanging",
     "framing_of",
+    "printable_reason",
 ]
 
 # Bytes per network read (and the most one read of the body hands on).
@@ -288,7 +289,7 @@ class _File:
         return self._file
 
 
-def _reason(raw: str) -> str:
+def printable_reason(raw: str) -> str:
     """A reason phrase fit for a one-line message: printable ASCII, at most 60 characters."""
     text = "".join(c if " " <= c <= "~" else "?" for c in raw.strip())
     return text if len(text) <= 60 else text[:57] + "..."
@@ -354,7 +355,7 @@ class Response(http.client.HTTPResponse):
             raise UpstreamProtocolError(
                 "the connection closed inside the response header block", retryable=True
             )
-        self.reason = _reason(self.reason)
+        self.reason = printable_reason(self.reason)
         self._frame()
 
     def _frame(self) -> None:

@@ -37,7 +37,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from provhub._errors import ProviderError, UpstreamProtocolError
-from provhub._exchange import BLOCK, MAX_HEADER_BYTES, Cancelled, Exchange, framing_of
+from provhub._exchange import (
+    BLOCK,
+    MAX_HEADER_BYTES,
+    Cancelled,
+    Exchange,
+    framing_of,
+    printable_reason,
+)
 from provhub._gate import pause, resume
 from provhub._suspend import Offload, Suspend, WouldBlock, waiting
 
@@ -363,21 +370,23 @@ def _handshake(
 ) -> Generator[Suspend, None, socket.socket]:
     tls = context.wrap_socket(sock, server_hostname=target.host, do_handshake_on_connect=False)
     exchange.bind(tls)
-    while True:
-        try:
-            tls.do_handshake()
-            return tls
-        except ssl.SSLWantReadError:
-            write = False
-        except ssl.SSLWantWriteError:
-            write = True
-        left = deadline - time.monotonic()
-        if left <= 0 or (yield from waiting(tls.fileno(), left, "connect", write=write)):
-            tls.close()
-            raise ConnectTimeout(f"no TLS handshake within {seconds:g} s")
-        if exchange.cancelled:
-            tls.close()
-            raise Cancelled()
+    try:
+        while True:
+            try:
+                tls.do_handshake()
+                return tls
+            except ssl.SSLWantReadError:
+                write = False
+            except ssl.SSLWantWriteError:
+                write = True
+            left = deadline - time.monotonic()
+            if left <= 0 or (yield from waiting(tls.fileno(), left, "connect", write=write)):
+                raise ConnectTimeout(f"no TLS handshake within {seconds:g} s")
+            if exchange.cancelled:
+                raise Cancelled()
+    except BaseException:
+        tls.close()  # wrap_socket took the socket over: closing it is this one's job
+        raise
 
 
 def _send(sock: socket.socket, data: bytes, exchange: Exchange) -> Generator[Suspend, None, None]:
@@ -400,11 +409,6 @@ def _send(sock: socket.socket, data: bytes, exchange: Exchange) -> Generator[Sus
             continue
         if (yield from waiting(sock.fileno(), seconds, budget, write=write)):
             raise exchange.expired(budget)
-
-
-def _reason(raw: str) -> str:
-    text = "".join(c if " " <= c <= "~" else "?" for c in raw.strip())
-    return text if len(text) <= 60 else text[:57] + "..."
 
 
 def _status_line(line: bytes) -> tuple[int, int, str]:
@@ -461,7 +465,7 @@ def _read_head(sock: socket.socket, exchange: Exchange) -> Generator[Suspend, No
                 else:
                     fp = LoopFile(sock, exchange, bytes(buffer[end + 1 :]))
                     will_close = _will_close(version, headers)
-                    return Head(status, _reason(reason), headers, will_close, exchange, fp)
+                    return Head(status, printable_reason(reason), headers, will_close, exchange, fp)
             pos = end + 1
             end = buffer.find(b"\n", pos)
         if len(buffer) >= MAX_HEADER_BYTES:
