@@ -51,7 +51,8 @@ FAST = {"connect": 1.0, "first_token": 1.0, "idle": 1.0, "total": 3.0}
 
 
 def astream_threads() -> list[str]:
-    return [t.name for t in threading.enumerate() if t.name.startswith("provhub-astream")]
+    """Worker threads running a request now (idle ones of earlier tests may linger)."""
+    return [t.name for t in threading.enumerate() if t.name == "provhub-astream"]
 
 
 async def collect(hub: Hub, model: str = "m") -> str:
@@ -375,3 +376,16 @@ def test_event_loops_that_ran_streams_are_not_kept_alive(make_hub: MakeHub) -> N
     loops = [o for o in gc.get_objects() if isinstance(o, asyncio.AbstractEventLoop)]
     assert [loop for loop in loops if loop.is_closed()] == []
     assert len(pacer._pacers) == 0
+
+
+def test_a_proxy_for_another_scheme_leaves_the_stream_on_the_loop(
+    make_hub: MakeHub, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with HostileServer(default=SERVE) as server:
+        monkeypatch.setenv("https_proxy", "http://127.0.0.1:9")  # would refuse if used
+        monkeypatch.delenv("no_proxy", raising=False)
+        monkeypatch.delenv("NO_PROXY", raising=False)
+        hub = one_hub(make_hub, server.base_url)  # http://: no proxy applies
+        assert asyncio.run(collect(hub)) == TEXT
+        assert server.requests[0].startswith(b"POST /v1/chat/completions ")
+        assert astream_threads() == []

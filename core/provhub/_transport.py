@@ -438,8 +438,10 @@ class Transport:
         targets = self._targets
         target = targets.get(url, False)
         if target is False:
+            proxies = self._proxies_for(url) or {}
+            scheme = url.split(":", 1)[0].lower()
             try:
-                target = None if self._proxies_for(url) is not None else Target(url)
+                target = None if proxies.get(scheme) or proxies.get("all") else Target(url)
             except ValueError:
                 target = None
             if len(targets) < 256:  # one per provider URL; bounded whatever the config
