@@ -78,12 +78,21 @@ def run(coro: Coroutine[Any, Any, T]) -> T:
     return asyncio.run(asyncio.wait_for(coro, 20))
 
 
-def tools_hub(make_hub: MakeHub, *upstreams: FakeUpstream, **router: Any) -> Hub:
+class OnWorkers(OpenAICompatible):
+    """The same provider, not asyncio-native: astream/acomplete run it on worker threads."""
+
+    asyncio_native = False
+
+
+def tools_hub(
+    make_hub: MakeHub,
+    *upstreams: FakeUpstream,
+    provider: type[OpenAICompatible] = OpenAICompatible,
+    **router: Any,
+) -> Hub:
     hub = make_hub(**router)
     for name, upstream in zip("ab", upstreams, strict=False):
-        hub.register(
-            OpenAICompatible(name, upstream.base_url, ["gpt-4"], capabilities=~Capability.NONE)
-        )
+        hub.register(provider(name, upstream.base_url, ["gpt-4"], capabilities=~Capability.NONE))
     return hub
 
 
@@ -109,7 +118,10 @@ async def astream_items(hub: Hub, **params: Any) -> tuple[list[Any], Any]:
 
 
 @pytest.mark.parametrize("framing", FRAMINGS)
-@pytest.mark.parametrize("mode", ["stream", "items", "complete", "astream", "acomplete"])
+@pytest.mark.parametrize(
+    "mode",
+    ["stream", "items", "complete", "astream", "acomplete", "astream-workers", "acomplete-workers"],
+)
 def test_parallel_tool_calls_come_out_as_sent(
     make_hub: MakeHub, upstream: FakeUpstream, framing: str, mode: str
 ) -> None:
@@ -122,7 +134,9 @@ def test_parallel_tool_calls_come_out_as_sent(
         interleave_tool_calls=interleaved,
     )
     upstream.script(behaviour)
-    hub = tools_hub(make_hub, upstream)
+    workers = mode.endswith("-workers")
+    mode = mode.removesuffix("-workers")
+    hub = tools_hub(make_hub, upstream, provider=OnWorkers if workers else OpenAICompatible)
     if mode == "stream":
         with hub.stream("gpt-4", MESSAGES, tools=TOOLS) as stream:
             assert list(stream) == []  # no text: `for token in stream` stays text only

@@ -39,7 +39,7 @@ import inspect
 import threading
 import time
 import weakref
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Generator
 from typing import TYPE_CHECKING, Any
 
 from provhub._gate import Gate, pause, resume, worker
@@ -762,8 +762,13 @@ class _AsyncItems:
     def __aiter__(self) -> _AsyncItems:
         return self
 
-    async def __anext__(self) -> StreamItem:
-        return await self._astream._next(False)  # type: ignore[no-any-return]
+    def __anext__(self) -> Awaitable[StreamItem]:
+        astream = self._astream
+        if astream._started:
+            # Once started, the run yields whatever its mode is: the stream's own
+            # fast path serves items as well as text (no extra frame per item).
+            return astream.__anext__()
+        return astream._next(False)
 
 
 async def acomplete(stream: Stream, workers: Workers | None = None) -> Completion:
