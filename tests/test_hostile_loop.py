@@ -111,6 +111,33 @@ def _sync_stream(hub: Hub, collected: list[str]) -> tuple[str | None, BaseExcept
     return "".join(collected), None
 
 
+def _holds(
+    case: Case,
+    expected: str | None,
+    text: str | None,
+    error: BaseException | None,
+    port: int,
+    elapsed: float,
+    lag: float,
+) -> None:
+    """The outcome is the case's: ``expected`` text, or its typed error, in time."""
+    if expected is not None:
+        assert error is None, repr(error)
+        assert text == expected
+    else:
+        assert error is not None, f"no error; answer {text!r}"
+        cause = _underlying(error)
+        assert isinstance(cause, case.error or ProviderError), repr(cause)
+        assert isinstance(cause, ProviderError)
+        assert re.search(case.match, str(cause)), str(cause)
+        assert cause.retryable is case.retryable
+        assert cause.provider == "hostile"
+        assert cause.host == f"127.0.0.1:{port}"
+    assert case.min_time <= elapsed < case.within, f"{elapsed=:.2f}"
+    # Whatever the upstream does, the loop is never held: its waits are the loop's.
+    assert lag < 0.25, f"the event loop was held for {lag * 1000:.0f} ms"
+
+
 @pytest.mark.parametrize("name", STREAM_CASES)
 def test_hostile_case_through_astream_on_the_loop_ends_as_on_the_sync_path(
     name: str, make_hub: MakeHub
@@ -123,22 +150,8 @@ def test_hostile_case_through_astream_on_the_loop_ends_as_on_the_sync_path(
         text, error, lag = asyncio.run(_astream(hub, collected))
         elapsed = time.monotonic() - started
         assert len(server.requests) == 1
-    if case.error is None or name in HUB_TEXT:
-        assert error is None, repr(error)
-        assert text == HUB_TEXT.get(name, case.text)
-    else:
-        assert error is not None, f"no error; answer {text!r}"
-        cause = _underlying(error)
-        assert isinstance(cause, case.error), repr(cause)
-        assert isinstance(cause, ProviderError)
-        assert re.search(case.match, str(cause)), str(cause)
-        assert cause.retryable is case.retryable
-        assert cause.provider == "hostile"
-        assert cause.host == f"127.0.0.1:{server.port}"
-        assert "".join(collected) == case.after
-    assert case.min_time <= elapsed < case.within, f"{elapsed=:.2f}"
-    # Whatever the upstream does, the loop is never held: its waits are the loop's.
-    assert lag < 0.25, f"the event loop was held for {lag * 1000:.0f} ms"
+    _holds(case, HUB_TEXT.get(name, case.text), text, error, server.port, elapsed, lag)
+    assert "".join(collected) == (case.after if error is not None else text)
 
     # The same case through the sync path: the same outcome, class and text.
     with HostileServer([case.script]) as server:
@@ -179,19 +192,7 @@ def test_hostile_json_case_through_acomplete_on_the_loop_ends_as_on_the_sync_pat
         text, error, lag = asyncio.run(_acomplete(hub))
         elapsed = time.monotonic() - started
         assert len(server.requests) == 1
-    if case.error is None:
-        assert error is None, repr(error)
-        assert text == case.text
-    else:
-        assert error is not None, f"no error; answer {text!r}"
-        cause = _underlying(error)
-        assert isinstance(cause, case.error), repr(cause)
-        assert isinstance(cause, ProviderError)
-        assert re.search(case.match, str(cause)), str(cause)
-        assert cause.retryable is case.retryable
-        assert cause.host == f"127.0.0.1:{server.port}"
-    assert case.min_time <= elapsed < case.within, f"{elapsed=:.2f}"
-    assert lag < 0.25, f"the event loop was held for {lag * 1000:.0f} ms"
+    _holds(case, case.text, text, error, server.port, elapsed, lag)
     with HostileServer([case.script]) as server:
         sync_text, sync_error = _complete(_hub(make_hub, server.base_url, case))
     assert sync_text == text

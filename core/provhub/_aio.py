@@ -435,14 +435,7 @@ class AsyncStream:
         gen = self._gen
         if gen is not None:
             # Driven on the loop: the usual case is a token ready at once.
-            try:
-                item = next(gen)
-            except StopIteration:
-                self._unguard()
-                raise StopAsyncIteration from None
-            except BaseException:
-                self._unguard()
-                raise
+            item = self._advance(gen)
             if item.__class__ is str:
                 count = self._count = self._count + 1
                 if not count & 31:
@@ -554,15 +547,19 @@ class AsyncStream:
             if self._gen is not gen:
                 raise StopAsyncIteration  # closed by aclose() meanwhile
             self._mark = self._resumed = time.perf_counter()
-            try:
-                item = next(gen)
-            except StopIteration:
-                self._unguard()
-                raise StopAsyncIteration from None
-            except BaseException:
-                self._unguard()
-                raise
+            item = self._advance(gen)
         return item
+
+    def _advance(self, gen: Generator[Any, None, None]) -> Any:
+        """The run's next item or suspension; at its end (or error) the loop guard goes."""
+        try:
+            return next(gen)
+        except StopIteration:
+            self._unguard()
+            raise StopAsyncIteration from None
+        except BaseException:
+            self._unguard()
+            raise
 
     async def _share(self) -> None:
         """Charge the loop time since the last charge; wait for a turn if it ran out."""

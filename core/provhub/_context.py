@@ -73,6 +73,12 @@ class CallContext:
         if self.emitter is not None:
             self.emitter(event, fields)
 
+    def _sending(self, headers: Mapping[str, str]) -> dict[str, str]:
+        """The provider's headers with the config's extra ones, kept for masking."""
+        sent = {**headers, **self.headers}
+        self._sent.append(sent)
+        return sent
+
     def stream_sse(
         self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
     ) -> Generator[bytes, None, None]:
@@ -81,12 +87,10 @@ class CallContext:
         Applies this call's timeouts, TLS setting, extra config headers and
         cancellation; see :meth:`Transport.stream_sse`.
         """
-        sent = {**headers, **self.headers}
-        self._sent.append(sent)
         return self.transport.stream_sse(
             url,
             payload,
-            headers=sent,
+            headers=self._sending(headers),
             timeouts=self.timeouts,
             provider=provider,
             verify=self.verify_tls,
@@ -98,12 +102,10 @@ class CallContext:
         self, url: str, payload: Mapping[str, Any], *, headers: Mapping[str, str], provider: str
     ) -> Any:
         """POST through the call's transport and return the JSON answer."""
-        sent = {**headers, **self.headers}
-        self._sent.append(sent)
         return self.transport.post_json(
             url,
             payload,
-            headers=sent,
+            headers=self._sending(headers),
             timeouts=self.timeouts,
             provider=provider,
             verify=self.verify_tls,
@@ -118,12 +120,10 @@ class CallContext:
         On the event loop the waits are yielded (``yield from`` passes them on);
         anywhere else it yields nothing and returns the JSON answer.
         """
-        sent = {**headers, **self.headers}
-        self._sent.append(sent)
         return self.transport.fetch_json(
             url,
             payload,
-            headers=sent,
+            headers=self._sending(headers),
             timeouts=self.timeouts,
             provider=provider,
             verify=self.verify_tls,
