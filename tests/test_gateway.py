@@ -768,7 +768,7 @@ def test_deadline_before_the_first_token_is_504(strict: Gateway, upstreams: Upst
     started = time.monotonic()
     response = post(strict, {"model": "slow-model", "messages": HI, "stream": True}, headers=auth())
     elapsed = time.monotonic() - started
-    assert response.status_code == 504
+    assert response.status_code == 504, response.text
     assert response.json()["error"]["code"] == "deadline_exceeded"
     assert 0.7 < elapsed < 2.0
     assert upstreams.slow.wait_for_disconnects(1, timeout=3.0)

@@ -248,3 +248,29 @@ def test_bad_server_settings_name_the_key(table: dict[str, Any], key: str, reaso
 )
 def test_loopback_detection(host: str, loopback: bool) -> None:
     assert is_loopback(host) is loopback
+
+
+@pytest.mark.parametrize("interrupted", [False, True], ids=["before", "after_first_token"])
+def test_a_timeout_at_the_request_deadline_is_a_504_whichever_timer_fired_first(
+    interrupted: bool,
+) -> None:
+    # The hub's total is capped by the request's deadline: when its timer wins the
+    # race with the gateway's, the answer must still say "deadline", not "upstream".
+    from provhub import AllProvidersFailedError, StreamInterruptedError, UpstreamTimeoutError
+    from provhub._attempt import Attempt
+    from provhub.gateway._errors import from_failure
+    from provhub.gateway._limits import Deadline
+
+    timeout = UpstreamTimeoutError("total timeout of 0.8 s exceeded", provider="slow")
+    exc: Exception
+    if interrupted:
+        exc = StreamInterruptedError("slow", "Hel", timeout)
+    else:
+        attempt = Attempt(1, "slow", False, "UpstreamTimeoutError")
+        exc = AllProvidersFailedError("slow-model", [attempt])
+        exc.__cause__ = timeout  # as the run raises it: ... from the last failure
+    passed = Deadline(0.0)
+    assert from_failure(exc, passed).status == 504
+    assert from_failure(exc, passed).code == "deadline_exceeded"
+    running = Deadline(30.0)  # the upstream's own timeout, long before the deadline
+    assert from_failure(exc, running).status == 502

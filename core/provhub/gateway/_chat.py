@@ -18,7 +18,7 @@ from typing import Any
 from provhub import _openai
 from provhub._config import Timeouts
 from provhub._errors import ProvhubError
-from provhub.gateway._errors import GatewayError, deadline_error, from_exception
+from provhub.gateway._errors import GatewayError, deadline_error, from_exception, from_failure
 from provhub.gateway._http import DisconnectWatch, new_request_id, request_id_of, send_bytes
 from provhub.gateway._limits import ClientGone, Deadline, read_body
 from provhub.gateway._sse import CLIENT_CLOSED, stream_answer
@@ -210,7 +210,7 @@ class ChatEndpoint:
         except TimeoutError:
             error = deadline_error(deadline.seconds)
         except ProvhubError as exc:
-            error = from_exception(exc)
+            error = from_failure(exc, deadline)
         else:
             watch.stop()
             body = _openai.completion_body(

@@ -19,6 +19,7 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from provhub import _openai
 from provhub._errors import (
@@ -29,9 +30,13 @@ from provhub._errors import (
     ProvhubError,
     RateLimitedError,
     StreamInterruptedError,
+    UpstreamTimeoutError,
 )
 
-__all__ = ["GatewayError", "from_exception"]
+if TYPE_CHECKING:
+    from provhub.gateway._limits import Deadline
+
+__all__ = ["GatewayError", "from_exception", "from_failure"]
 
 
 @dataclass(slots=True)
@@ -64,6 +69,19 @@ def deadline_error(seconds: float) -> GatewayError:
         kind="timeout_error",
         code="deadline_exceeded",
     )
+
+
+def from_failure(exc: BaseException, deadline: Deadline) -> GatewayError:
+    """:func:`from_exception`, except that running out of the deadline is always a 504.
+
+    The hub's own timeouts are capped by the request's deadline, so near it the
+    hub's timer and the gateway's race: whichever notices first, a timeout at the
+    deadline is the deadline's, not the upstream's failure.
+    """
+    cause = exc.cause if isinstance(exc, StreamInterruptedError) else exc.__cause__
+    if deadline.passed() and isinstance(cause, UpstreamTimeoutError):
+        return deadline_error(deadline.seconds)
+    return from_exception(exc)
 
 
 def from_exception(exc: BaseException) -> GatewayError:

@@ -20,7 +20,7 @@ from typing import Any
 
 from provhub import _openai
 from provhub._errors import ProvhubError
-from provhub.gateway._errors import GatewayError, deadline_error, from_exception
+from provhub.gateway._errors import GatewayError, deadline_error, from_failure
 from provhub.gateway._http import DisconnectWatch, Headers, send_bytes
 from provhub.gateway._limits import Deadline
 from provhub.gateway._poll import Resume, ready, step
@@ -91,7 +91,7 @@ async def stream_answer(
     except TimeoutError:
         error = deadline_error(deadline.seconds)
     except ProvhubError as exc:
-        error = from_exception(exc)
+        error = from_failure(exc, deadline)
     finally:
         watch.stop()
         await astream.aclose()
