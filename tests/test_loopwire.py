@@ -393,3 +393,25 @@ def test_a_proxy_for_another_scheme_leaves_the_stream_on_the_loop(
         assert asyncio.run(collect(hub)) == TEXT
         assert server.requests[0].startswith(b"POST /v1/chat/completions ")
         assert threads == {threading.current_thread().name}
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["http", "https"])
+def test_streams_run_on_uvloop_too(make_hub: MakeHub, authority: trustme.CA, tls: bool) -> None:
+    # The gateway serves on uvloop when it is installed (the server extra).
+    uvloop = pytest.importorskip("uvloop")
+    context = None
+    if tls:
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        authority.issue_cert("127.0.0.1").configure_cert(context)
+    with HostileServer(default=SERVE, tls=context) as server:
+        hub = make_hub(providers={"up": {"verify_tls": False}}, timeouts=FAST)
+        hub.register(OpenAICompatible("up", server.base_url, ["m"]))
+        threads = event_threads(hub)
+
+        async def main() -> list[str]:
+            return [await collect(hub) for _ in range(3)]
+
+        with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+            assert runner.run(main()) == [TEXT] * 3
+        assert threads == {threading.current_thread().name}  # on uvloop, not a worker
+        assert server.connections == 1
