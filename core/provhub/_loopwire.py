@@ -260,26 +260,20 @@ class LoopFile:
         sock = self._sock
         if exchange.suspended:
             seconds, budget = exchange.timeout()  # Expired once the budget is gone
-            try:
-                data = sock.recv(size)
-            except (BlockingIOError, ssl.SSLWantReadError):
-                raise WouldBlock(sock.fileno(), seconds, budget) from None
-            except ssl.SSLWantWriteError:  # TLS wants to send first (a key update)
-                raise WouldBlock(sock.fileno(), seconds, budget, write=True) from None
-            except OSError as exc:
-                if exchange.cancelled:
-                    raise Cancelled() from exc
-                raise
         else:
-            budget = exchange.settimeout(sock)
-            try:
-                data = sock.recv(size)
-            except TimeoutError as exc:
-                raise exchange.expired(budget) from exc
-            except OSError as exc:
-                if exchange.cancelled:
-                    raise Cancelled() from exc
-                raise
+            seconds, budget = 0.0, exchange.settimeout(sock)
+        try:
+            data = sock.recv(size)
+        except (BlockingIOError, ssl.SSLWantReadError):  # non-blocking: nothing there yet
+            raise WouldBlock(sock.fileno(), seconds, budget) from None
+        except ssl.SSLWantWriteError:  # TLS wants to send first (a key update)
+            raise WouldBlock(sock.fileno(), seconds, budget, write=True) from None
+        except TimeoutError as exc:  # blocking, on a worker: the budget ran out
+            raise exchange.expired(budget) from exc
+        except OSError as exc:
+            if exchange.cancelled:
+                raise Cancelled() from exc
+            raise
         if not data and exchange.cancelled:
             raise Cancelled()
         return data
